@@ -1,0 +1,54 @@
+"""Rotary position embeddings and attention, as small pure functions (FLUX's math.py habit)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional: `pip install flashdecode[flash]` (no wheels; builds against CUDA)
+    from flash_attn import flash_attn_func
+except ImportError:  # pragma: no cover - depends on the machine
+    flash_attn_func = None
+
+
+def rope_angles(pos: torch.Tensor, dim: int, theta: float = 10000.0) -> torch.Tensor:
+    """Angles [..., dim/2] for integer positions `pos` [...] over a `dim`-wide slice of the head."""
+    freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=pos.device) / dim)
+    return (pos.to(torch.float64)[..., None] * freqs).float()
+
+
+def rope_3d(t: torch.Tensor, h: torch.Tensor, w: torch.Tensor, axes=(24, 20, 20), theta: float = 10000.0):
+    """Multi-axis RoPE as one embedder: the head dim split over (t, h, w); returns angles [..., sum(axes)/2]."""
+    return torch.cat([rope_angles(p, d, theta) for p, d in zip((t, h, w), axes)], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of `x` [..., L, D] by `angles` [L, D/2] (broadcast over leading dims)."""
+    x2 = x.float().unflatten(-1, (-1, 2))
+    cos, sin = angles.cos(), angles.sin()
+    out = torch.stack((x2[..., 0] * cos - x2[..., 1] * sin, x2[..., 0] * sin + x2[..., 1] * cos), dim=-1)
+    return out.flatten(-2).type_as(x)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
+              backend: str = "sdpa") -> torch.Tensor:
+    """Grouped-query attention. q [B, H, L, D]; k, v [B, KV, S, D] with H a multiple of KV.
+
+    `mask` is a boolean [L or 1, S] (True = attend). flash-attn takes GQA directly but no mask: with a
+    mask (only the first frames of a video, or the masked reference) SDPA serves.
+    """
+    if backend == "flash" and mask is None:
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+
+
+def pick_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """'auto' -> flash-attn when it is installed and usable here (CUDA, fp16/bf16), else PyTorch SDPA."""
+    usable = flash_attn_func is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    if name == "auto":
+        return "flash" if usable else "sdpa"
+    if name == "flash" and not usable:
+        raise ValueError("attention backend 'flash' needs flash-attn installed, a CUDA device and fp16/bf16")
+    if name not in ("flash", "sdpa"):
+        raise ValueError(f"unknown attention backend {name!r}; choose auto, flash or sdpa")
+    return name

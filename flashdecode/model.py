@@ -1,0 +1,274 @@
+"""FlashDecoder: a pure Transformer that turns one latent frame at a time into 4 pixel frames.
+
+Per latent frame (DESIGN.md section 3): patchify + embed -> D pre-norm GQA blocks attending to the
+current frame and the previous W frames through a rolling KV cache -> temporal-first upsampling x4 ->
+2 refinement blocks along the 4 sub-frames -> spatial head + PixelShuffle(16) -> RGB in [-1, 1].
+
+Two entry points compute the same function: `step` (streaming, ring-buffer KV cache, no mask once the
+window is full) and `forward_reference` (whole sequence, explicit block-causal sliding-window mask).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .latent_spaces import get_latent_space
+from .math import apply_rope, attention, rope_3d, rope_angles
+
+# name: (depth, width, heads, kv heads). s/b/l/xl reproduce the paper's 56.8/161.7/348.0/769.3 M.
+VARIANTS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (2, 128, 2, 1),  # tests
+    "xs": (4, 256, 4, 1),  # the bundled demo decoder
+    "s": (12, 512, 8, 2),
+    "b": (16, 768, 12, 3),
+    "l": (20, 1024, 16, 4),
+    "xl": (20, 1536, 24, 3),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "s"
+    depth: int = 12
+    dim: int = 512
+    heads: int = 8
+    kv_heads: int = 2
+    head_dim: int = 64
+    window: int = 2  # past latent frames each layer sees through the KV cache
+    refine_depth: int = 2
+    time_up: int = 4  # pixel sub-frames per latent frame
+    in_channels: int = 48
+    patch: int = 1  # latent patch per 16x16-pixel token
+    pixel_patch: int = 16
+    rope_axes: tuple[int, int, int] = (24, 20, 20)
+    rope_theta: float = 10000.0
+
+    @classmethod
+    def build(cls, variant: str, latent_space: str = "wan2.2") -> "ModelConfig":
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown model {variant!r}; choose one of {', '.join(VARIANTS)}")
+        depth, dim, heads, kv = VARIANTS[variant]
+        space = get_latent_space(latent_space)
+        return cls(variant, depth, dim, heads, kv, in_channels=space.channels, patch=space.patch)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        d = json.loads(text)
+        d["rope_axes"] = tuple(d["rope_axes"])
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+
+class KVCache(nn.Module):
+    """One ring buffer of W+1 latent frames' keys and values, [B, kv, (W+1)*N, head_dim], written in place.
+
+    Keys are stored before RoPE: each step rotates them by their age in the window, so positions stay
+    bounded however long the video is. With grad enabled (training) the update is out of place, so each
+    step's buffer stays intact for backward.
+    """
+
+    def __init__(self, batch: int, kv_heads: int, slots: int, tokens: int, head_dim: int, dtype, device):
+        super().__init__()
+        shape = (batch, kv_heads, slots * tokens, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        if torch.is_grad_enabled():
+            self.k, self.v = self.k.index_copy(2, index, k), self.v.index_copy(2, index, v)
+        else:
+            self.k.index_copy_(2, index, k)
+            self.v.index_copy_(2, index, v)
+        return self.k, self.v
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.w1, self.w3 = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = c.heads, c.kv_heads, c.head_dim
+        self.wq = nn.Linear(c.dim, c.heads * c.head_dim, bias=False)
+        self.wk = nn.Linear(c.dim, c.kv_heads * c.head_dim, bias=False)
+        self.wv = nn.Linear(c.dim, c.kv_heads * c.head_dim, bias=False)
+        self.wo = nn.Linear(c.heads * c.head_dim, c.dim, bias=False)
+        self.q_norm, self.k_norm = nn.RMSNorm(c.head_dim, eps=1e-6), nn.RMSNorm(c.head_dim, eps=1e-6)
+
+    def project(self, x):
+        """x [B, L, d] -> q [B, H, L, 64], k, v [B, KV, L, 64]; q and k normalized, not yet rotated."""
+        q = self.q_norm(self.wq(x).unflatten(-1, (self.heads, self.head_dim))).transpose(1, 2)
+        k = self.k_norm(self.wk(x).unflatten(-1, (self.kv_heads, self.head_dim))).transpose(1, 2)
+        v = self.wv(x).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
+        return q, k, v
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x))."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.attn_norm, self.mlp_norm = nn.RMSNorm(c.dim, eps=1e-6), nn.RMSNorm(c.dim, eps=1e-6)
+        self.attn = Attention(c)
+        self.mlp = SwiGLU(c.dim, 4 * c.dim)
+        self.grad_checkpoint = False
+
+    def forward(self, x, q_angles, k_angles, mask=None, cache: KVCache | None = None, index=None, backend="sdpa"):
+        q, k, v = self.attn.project(self.attn_norm(x))
+        if cache is not None:
+            k, v = cache.update(index, k, v)
+        if self.grad_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self._finish, x, q, k, v, q_angles, k_angles, mask, backend, use_reentrant=False)
+        return self._finish(x, q, k, v, q_angles, k_angles, mask, backend)
+
+    def _finish(self, x, q, k, v, q_angles, k_angles, mask, backend):
+        out = attention(apply_rope(q, q_angles), apply_rope(k, k_angles), v, mask, backend)
+        x = x + self.attn.wo(out.transpose(1, 2).flatten(2))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class FlashDecoder(nn.Module):
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        self.config = c
+        self.embed = nn.Linear(c.in_channels * c.patch * c.patch, c.dim)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.time_up = nn.Linear(c.dim, c.time_up * c.dim)
+        self.refine = nn.ModuleList(Block(c) for _ in range(c.refine_depth))
+        self.head = nn.Sequential(
+            nn.RMSNorm(c.dim, eps=1e-6),
+            nn.Linear(c.dim, 4 * c.dim),
+            nn.GELU(),
+            nn.Linear(4 * c.dim, c.dim),
+            nn.Linear(c.dim, 3 * c.pixel_patch**2),
+        )
+        self.backend = "sdpa"
+        self.caches: nn.ModuleList | None = None
+
+    # -- shared pieces -------------------------------------------------------------------------------
+
+    def tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent frames [B, C, h, w] -> embedded tokens [B, N, d] (p x p latent patches per token)."""
+        p = self.config.patch
+        B, C, h, w = z.shape
+        z = z.reshape(B, C, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (h // p) * (w // p), C * p * p)
+        return self.embed(z)
+
+    def grid_angles(self, gh: int, gw: int, t: torch.Tensor, device) -> torch.Tensor:
+        """3D RoPE angles for frames at time positions t [F]: [F*gh*gw, 32], frame-major."""
+        tt, hh, ww = torch.meshgrid(t.to(device), torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+        return rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta)
+
+    def render(self, x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        """Backbone tokens [F, N, d] -> pixels [F, 3, 4, 16gh, 16gw]: upsample in time, refine, spatial head."""
+        c = self.config
+        Fr, N, d = x.shape
+        x = self.time_up(x).reshape(Fr * N, c.time_up, d)  # each token -> its 4 sub-frames
+        angles = rope_angles(torch.arange(c.time_up, device=x.device), c.head_dim, c.rope_theta)
+        for blk in self.refine:
+            x = blk(x, angles, angles, backend=self.backend)
+        px = self.head(x).reshape(Fr, gh, gw, c.time_up, -1).permute(0, 3, 4, 1, 2)  # [F, 4, 768, gh, gw]
+        px = F.pixel_shuffle(px.reshape(Fr * c.time_up, -1, gh, gw), c.pixel_patch)
+        return px.unflatten(0, (Fr, c.time_up)).transpose(1, 2)
+
+    # -- streaming -----------------------------------------------------------------------------------
+
+    def setup_caches(self, batch: int, gh: int, gw: int, dtype=None, device=None, start_index: int = 0):
+        """Preallocate one ring buffer per layer and the RoPE tables for a (batch, grid); start a video."""
+        c = self.config
+        p = next(self.parameters())
+        dtype, device = dtype or p.dtype, device or p.device
+        N, slots = gh * gw, c.window + 1
+        self.caches = nn.ModuleList(KVCache(batch, c.kv_heads, slots, N, c.head_dim, dtype, device) for _ in self.blocks)
+        self.grid, self.batch = (gh, gw), batch
+        # Queries sit at time position W; a cached frame of age a at W - a. For each possible current slot,
+        # the angles of the whole buffer in slot order, so a step only indexes a table.
+        self.q_angles = self.grid_angles(gh, gw, torch.tensor([c.window]), device)
+        ages = (torch.arange(slots)[:, None] - torch.arange(slots)[None, :]) % slots  # [current slot, slot]
+        self.k_angles = torch.stack([self.grid_angles(gh, gw, c.window - ages[s], device) for s in range(slots)])
+        self.ages = ages.repeat_interleave(N, dim=1).to(device)  # [current slot, (W+1)*N]
+        self.reset(start_index)
+
+    def reset(self, start_index: int = 0):
+        """Start a new video. `start_index` is the absolute frame index; the output never depends on it."""
+        for cache in self.caches:
+            cache.k.zero_()
+            cache.v.zero_()
+        self.frame_index, self.frames_seen = start_index, 0
+
+    def step(self, z: torch.Tensor) -> torch.Tensor:
+        """One latent frame [B, C, h, w] -> its pixel frames [B, 3, k, H, W] (k = 1 first, then 4)."""
+        c = self.config
+        gh, gw = self.grid
+        N, slots = gh * gw, c.window + 1
+        slot = self.frame_index % slots
+        index = torch.arange(slot * N, (slot + 1) * N, device=z.device)
+        # Until the window has filled, slots holding no frame yet are masked out.
+        mask = None if self.frames_seen >= c.window else (self.ages[slot] <= self.frames_seen)[None]
+        x = self.tokens(z)
+        for blk, cache in zip(self.blocks, self.caches):
+            x = blk(x, self.q_angles, self.k_angles[slot], mask, cache, index, self.backend)
+        px = self.render(x, gh, gw)
+        if self.frames_seen == 0:  # the lone first latent frame makes one pixel frame: the last sub-frame
+            px = px[:, :, -1:]
+        self.frame_index += 1
+        self.frames_seen += 1
+        return px
+
+    # -- whole-sequence reference --------------------------------------------------------------------
+
+    def forward_reference(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B, C, T, h, w] -> pixels [B, 3, 1+4(T-1), H, W] in one pass with an explicit mask."""
+        c = self.config
+        B, C, T, h, w = z.shape
+        gh, gw = h // c.patch, w // c.patch
+        N = gh * gw
+        x = self.tokens(z.transpose(1, 2).reshape(B * T, C, h, w)).reshape(B, T * N, c.dim)
+        angles = self.grid_angles(gh, gw, torch.arange(T), z.device)
+        frame = torch.arange(T, device=z.device).repeat_interleave(N)
+        lag = frame[:, None] - frame[None, :]
+        mask = (lag >= 0) & (lag <= c.window)  # block-causal sliding window over latent frames
+        for blk in self.blocks:
+            x = blk(x, angles, angles, mask, backend=self.backend)
+        px = self.render(x.reshape(B * T, N, c.dim), gh, gw).unflatten(0, (B, T))  # [B, T, 3, 4, H, W]
+        px = px.permute(0, 2, 1, 3, 4, 5).flatten(2, 3)  # [B, 3, 4T, H, W]
+        return px[:, :, c.time_up - 1 :]  # first latent frame keeps only its last sub-frame
+
+
+def count_parameters(config: ModelConfig) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in FlashDecoder(config).parameters())
+
+
+def flops_per_latent_frame(c: ModelConfig, gh: int, gw: int, context: int | None = None) -> float:
+    """Forward FLOPs (2 x MACs) for one latent frame on a gh x gw token grid that attends to `context`
+    frames (itself included; W+1 in steady state, fewer for a video's first W frames)."""
+    N, d, hd = gh * gw, c.dim, c.head_dim
+    context = c.window + 1 if context is None else context
+    block_linear = d * (c.heads + 2 * c.kv_heads) * hd + c.heads * hd * d + 3 * d * 4 * d
+    backbone = c.depth * N * (2 * block_linear + 4 * c.heads * hd * context * N)
+    up = 2 * N * d * c.time_up * d
+    sub = N * c.time_up
+    refine = c.refine_depth * sub * (2 * block_linear + 4 * c.heads * hd * c.time_up)
+    head = 2 * sub * (d * 4 * d * 2 + d * 3 * c.pixel_patch**2)
+    embed = 2 * N * c.in_channels * c.patch**2 * d
+    return float(embed + backbone + up + refine + head)
+
+
+def flops_per_clip(c: ModelConfig, gh: int, gw: int, latent_frames: int) -> float:
+    """Forward FLOPs for a whole clip, counting the shorter context of its first W frames."""
+    return sum(flops_per_latent_frame(c, gh, gw, min(t, c.window) + 1) for t in range(latent_frames))
