@@ -27,12 +27,14 @@ CHANNELS_TO_SPACE = {16: "wan2.1", 48: "wan2.2"}  # "demo" is also 48 channels: 
 
 # -- reading the raw array -------------------------------------------------------------------------------
 
-def _read_exact(fp, n: int, what: str) -> bytes:
-    """Read exactly n bytes from a (possibly slow) binary stream; fewer means the stream was cut short."""
+def _read_upto(fp, n: int) -> bytes:
+    """n bytes, or fewer only at EOF (an unbuffered pipe may hand over less per read)."""
     data = fp.read(n)
-    if len(data) != n:
-        raise FlashdecodeError(f"{what} is truncated: expected {n} bytes, got {len(data)}; "
-                               "the producer stopped mid-array or the file is incomplete")
+    while data and len(data) < n:
+        more = fp.read(n - len(data))
+        if not more:
+            break
+        data += more
     return data
 
 
@@ -41,12 +43,8 @@ def _read_npy_payload(fp, shape, fortran: bool, dtype: np.dtype, what: str) -> n
     arr = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=dtype)
     view = memoryview(arr.view(np.uint8)).cast("B")
     got = 0
-    while got < len(view):
-        n = fp.readinto(view[got:]) if hasattr(fp, "readinto") else None
-        if n is None:  # a stream without readinto
-            chunk = fp.read(len(view) - got)
-            n = len(chunk)
-            view[got:got + n] = chunk
+    while got < len(view):  # a pipe hands over what has arrived so far: keep reading until it is all here
+        n = fp.readinto(view[got:])
         if not n:
             raise FlashdecodeError(f"{what} is truncated: its header promises {len(view)} bytes of data, "
                                    f"got {got}; the producer stopped mid-array or the file is incomplete")
@@ -62,7 +60,7 @@ def _read_npy_after_magic(fp, version: tuple[int, int], what: str) -> np.ndarray
             shape, fortran, dtype = npy_format.read_array_header_2_0(fp)
         else:
             raise ValueError(f"unsupported NPY version {version}")
-    except (ValueError, SyntaxError, EOFError) as e:
+    except Exception as e:  # numpy raises ValueError, SyntaxError, tokenize errors... for a mangled header
         raise FlashdecodeError(f"{what} has a corrupt NPY header ({e}); write it with numpy.save") from None
     if dtype.hasobject:
         raise FlashdecodeError(f"{what} holds Python objects ({dtype}); latents must be a numeric array "
@@ -81,7 +79,7 @@ def iter_npy_stream(fp, name: str = "stdin", first_bytes: bytes = b"") -> Iterat
     index = 0
     pending = first_bytes
     while True:
-        head = pending + fp.read(npy_format.MAGIC_LEN - len(pending))
+        head = pending + _read_upto(fp, npy_format.MAGIC_LEN - len(pending))
         pending = b""
         what = f"{name} array {index}"
         if not head:
@@ -196,7 +194,8 @@ def check_finite(x: torch.Tensor, what: str, frame_offset: int = 0) -> None:
     if not bad.any():
         return
     n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
-    b, c, t, i, j = (int(v) for v in bad.nonzero()[0])
+    t = int(bad.any(dim=(0, 1, 3, 4)).nonzero()[0])  # the earliest frame: what a stream would hit first
+    b, c, i, j = (int(v) for v in bad[:, :, t].nonzero()[0])
     raise FlashdecodeError(f"{what} contains {n_nan} NaN and {n_inf} Inf values (of {x.numel()}); the first is at "
                            f"batch {b}, channel {c}, latent frame {frame_offset + t}, row {i}, col {j}; "
                            "fix the producer (a diverged sampler or an fp16 overflow) before decoding")
@@ -224,8 +223,8 @@ class Latents:
     dtype: str
     layout: str
     layout_reason: str
+    chunks: Iterator[torch.Tensor] = field(repr=False)
     metadata: dict = field(default_factory=dict)
-    chunks: Iterator[torch.Tensor] = field(default=iter(()), repr=False)
 
     @property
     def batch(self) -> int:
@@ -257,7 +256,7 @@ def _whole(x, name: str, layout: str | None, channels, metadata: dict, check: bo
     if check:
         check_finite(z, name)
     frames = (z[:, :, t:t + 1] for t in range(z.shape[2]))
-    return Latents(name, tuple(z.shape), str(z.dtype).replace("torch.", ""), chosen, why, metadata, frames)
+    return Latents(name, tuple(z.shape), str(z.dtype).replace("torch.", ""), chosen, why, frames, metadata)
 
 
 def _stream(arrays: Iterator[np.ndarray], name: str, layout: str | None, channels, check: bool) -> Latents:
@@ -271,11 +270,12 @@ def _stream(arrays: Iterator[np.ndarray], name: str, layout: str | None, channel
     B, C, _, h, w = z0.shape
 
     def chunks():
-        offset = 0
+        offset, fixed = 0, layout or (chosen if first.ndim >= 4 else None)
         for i, arr in enumerate(_chain(first, arrays)):
             what = f"{name} array {i}"
-            lay = chosen if layout or arr.ndim < 4 else guess_layout(arr.shape, channels)[0]
-            z = z0 if i == 0 else to_ncthw(_as_tensor(arr), lay, what)
+            if fixed is None and arr.ndim >= 4:  # the first chunk with a time axis fixes the stream's layout
+                fixed = guess_layout(arr.shape, channels)[0]
+            z = z0 if i == 0 else to_ncthw(_as_tensor(arr), fixed or "ncthw", what)
             if (z.shape[0], z.shape[1], z.shape[3], z.shape[4]) != (B, C, h, w):
                 raise FlashdecodeError(f"{what} has shape {list(arr.shape)} (as [B,C,t,h,w]: {list(z.shape)}) but the "
                                        f"stream started with batch {B}, {C} channels, grid {h}x{w}; "
@@ -285,7 +285,7 @@ def _stream(arrays: Iterator[np.ndarray], name: str, layout: str | None, channel
             offset += z.shape[2]
             yield z
 
-    return Latents(name, (B, C, None, h, w), str(z0.dtype).replace("torch.", ""), chosen, why, {}, chunks())
+    return Latents(name, (B, C, None, h, w), str(z0.dtype).replace("torch.", ""), chosen, why, chunks())
 
 
 def _chain(first, rest):
@@ -305,7 +305,7 @@ def open_latents(source: str | Path, key: str | None = None, layout: str | None 
     layout = layout.lower() if layout else None
     if str(source) == "-":
         fp = stdin or sys.stdin.buffer
-        head = fp.read(npy_format.MAGIC_LEN)
+        head = _read_upto(fp, npy_format.MAGIC_LEN)
         if head[:6] == npy_format.MAGIC_PREFIX or not head:
             return _stream(iter_npy_stream(fp, "stdin", head), "stdin", layout, channels, check)
         head += fp.read(1)

@@ -81,6 +81,7 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # autocast may hand bf16 to a float32 buffer
         if torch.is_grad_enabled():
             self.k, self.v = self.k.index_copy(2, index, k), self.v.index_copy(2, index, v)
         else:
@@ -228,6 +229,13 @@ class FlashDecoder(nn.Module):
         self.frame_index += 1
         self.frames_seen += 1
         return px
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Training: the streaming path unrolled over a clip [B, C, T, h, w] -> [B, 3, 1+4(T-1), H, W]
+        (unclamped). Each step's cache update is out of place, so gradients flow through the window."""
+        B, C, T, h, w = z.shape
+        self.setup_caches(B, h // self.config.patch, w // self.config.patch, dtype=z.dtype, device=z.device)
+        return torch.cat([self.step(z[:, :, t]) for t in range(T)], dim=2)
 
     # -- whole-sequence reference --------------------------------------------------------------------
 

@@ -12,4 +12,4 @@ app = typer.Typer(
 )
 
 # Each module registers its commands on `app` when imported.
-from . import models  # noqa: E402,F401
+from . import bench, decode, models, train, encode  # noqa: E402,F401

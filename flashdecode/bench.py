@@ -1,0 +1,558 @@
+"""Benchmark harness: FlashDecoder variants against the Wan conv decoders, measured side by side.
+
+Each case (one decoder x resolution x length) runs in a fresh `python -m flashdecode.bench --case JSON`
+process, so imports, the allocator and CUDA's caching pool never carry over from one case to the next.
+Inside a case: load the decoder, warm up on a short clip, then time `--repeat` decodes of the whole clip
+and keep the medians. FlashDecoder streams, consuming and dropping each pixel chunk as `decode` does;
+a baseline decodes the way diffusers' Wan pipelines do (everything at once, see baselines.py).
+
+Memory. CUDA: `max_memory_allocated` (and `_reserved`), reset after the warm-up. CPU: the case's peak
+resident set (VmHWM), reset after the warm-up, with `MALLOC_MMAP_THRESHOLD_=262144` so glibc returns big
+buffers at once instead of keeping a moving heap (DESIGN.md section 7); the RSS just before the timed runs
+is reported too, so weights and activations can be told apart.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import FlashdecodeError
+from .latent_spaces import pixel_frames
+
+RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280), "1080p": (1088, 1920)}
+BASELINES = ("wan2.1", "wan2.2")
+ROW_MARK = "FLASHDECODE_BENCH_ROW "  # prefixes the one line of a case process's stdout that holds its row
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "262144", "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class Case:
+    """One measurement: what to decode, where, and how many times."""
+
+    kind: str  # "flashdecode" or "baseline"
+    model: str  # flashdecode variant ("s") or baseline name ("wan2.2")
+    res: str  # label: "720p" or "256x256"
+    height: int
+    width: int
+    latent_frames: int
+    latent_space: str = "wan2.2"  # flashdecode only; a baseline decodes its own space
+    device: str = "cpu"
+    dtype: str = "float32"
+    warmup: int = 1
+    repeat: int = 3
+    budget_s: float = 120.0  # stop repeating once another run would pass this (at least one run)
+    weights: str = "random"
+    baseline_size: str = "full"  # "tiny": a narrow baseline, for tests of the harness
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None: torch's default
+
+    @property
+    def decoder(self) -> str:
+        return f"flashdecode-{self.model}" if self.kind == "flashdecode" else f"{self.model}-conv"
+
+
+# -- parsing ------------------------------------------------------------------------------------------
+
+
+def parse_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_resolution(text: str) -> tuple[str, int, int]:
+    """'720p' or 'HxW' (pixels, multiples of 16) -> (label, height, width)."""
+    text = text.strip().lower()
+    if text in RESOLUTIONS:
+        return (text, *RESOLUTIONS[text])
+    try:
+        height, width = (int(v) for v in text.split("x"))
+    except ValueError:
+        raise FlashdecodeError(f"resolution {text!r} is not {', '.join(RESOLUTIONS)} or HxW (e.g. 256x256)") from None
+    if height <= 0 or width <= 0 or height % 16 or width % 16:
+        raise FlashdecodeError(f"resolution {height}x{width} must be positive multiples of 16 (one token is 16x16 "
+                               "pixels); e.g. 1088x1920 for 1080p")
+    return f"{height}x{width}", height, width
+
+
+def build_cases(resolutions: list[str], models: list[str], baselines: list[str], lengths: list[int],
+                **common) -> list[Case]:
+    """Every (resolution, length, decoder), baselines first so a failing baseline shows early."""
+    from .model import VARIANTS
+
+    for m in models:
+        if m not in VARIANTS:
+            raise FlashdecodeError(f"unknown model {m!r}; choose from {', '.join(VARIANTS)}")
+    for b in baselines:
+        if b not in BASELINES:
+            raise FlashdecodeError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)} or none")
+    if not models and not baselines:
+        raise FlashdecodeError("nothing to measure; pass --model and/or --baseline")
+    if any(n < 1 for n in lengths):
+        raise FlashdecodeError("lengths are latent frame counts and must be >= 1")
+    cases = []
+    for res in resolutions:
+        label, height, width = parse_resolution(res)
+        for n in sorted(set(lengths)):
+            for kind, names in (("baseline", baselines), ("flashdecode", models)):
+                cases += [Case(kind, name, label, height, width, n, **common) for name in names]
+    return cases
+
+
+# -- inside a case process -----------------------------------------------------------------------------
+
+
+class Clock:
+    """Marks on the device's own timeline: CUDA events on a GPU, perf_counter on the CPU."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.marks = []
+
+    def mark(self, *_) -> None:  # *_: also usable as a forward hook
+        if self.cuda:
+            import torch
+
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def ms(self) -> list[float]:
+        """Each mark in ms since the first (waits for the GPU)."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            return [self.marks[0].elapsed_time(e) for e in self.marks]
+        return [(t - self.marks[0]) * 1e3 for t in self.marks]
+
+
+class MemoryProbe:
+    """Peak memory of what runs between `start` and `stop`; see the module docstring."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+
+    def start(self) -> None:
+        gc.collect()
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            self.before = torch.cuda.memory_allocated()
+            self.method = "cuda max_memory_allocated"
+        else:
+            self.before = _proc_status_bytes("VmRSS")
+            try:  # Linux >= 4.0: writing 5 resets the peak RSS (VmHWM) to the current RSS
+                Path("/proc/self/clear_refs").write_text("5")
+                self.method = "peak RSS (VmHWM) during the timed runs"
+            except OSError:
+                self.method = "peak RSS of the whole case process (ru_maxrss; could not reset VmHWM)"
+
+    def stop(self) -> dict:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            return dict(peak_mem_bytes=torch.cuda.max_memory_allocated(), mem_before_bytes=self.before,
+                        peak_reserved_bytes=torch.cuda.max_memory_reserved(), mem_method=self.method)
+        if self.method.startswith("peak RSS (VmHWM)"):
+            peak = _proc_status_bytes("VmHWM")
+        else:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return dict(peak_mem_bytes=peak, mem_before_bytes=self.before, peak_reserved_bytes=None,
+                    mem_method=self.method)
+
+
+def _proc_status_bytes(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no {key} in /proc/self/status")
+
+
+def _load(case: Case, device, dtype):
+    """-> (decoder, latent space, FLOPs of the whole clip, how they were counted, per-clip decode function)."""
+    if case.kind == "baseline":
+        from .baselines import load_baseline
+
+        base = load_baseline(case.model, device, dtype, size=case.baseline_size)
+        h, w = base.latent_grid(case.height, case.width)
+        flops = base.flops(case.height, case.width, case.latent_frames)
+        return base, base.latent_space, (h, w), flops, "FlopCounterMode (meta device)"
+    from .engine import load_decoder
+    from .model import flops_per_clip
+
+    dec = load_decoder(case.model, case.latent_space, weights=case.weights, device=device, dtype=dtype)
+    s = dec.latent_space.spatial
+    if case.height % s or case.width % s:
+        raise FlashdecodeError(f"{case.height}x{case.width} is not a multiple of {s} pixels per latent cell")
+    h, w = case.height // s, case.width // s
+    p = dec.config.patch
+    flops = flops_per_clip(dec.config, h // p, w // p, case.latent_frames)
+    return dec, dec.latent_space, (h, w), flops, "analytic (model.flops_per_clip)"
+
+
+def _decode_streaming(decoder, pool, n: int, clock: Clock) -> None:
+    """Stream n latent frames (cycling a small pool, so the input does not grow with n); drop each chunk."""
+    frames = (pool[:, :, i % pool.shape[2]] for i in range(n))
+    clock.mark()
+    for chunk in decoder.stream(frames):
+        clock.mark()
+        del chunk
+
+
+def _decode_baseline(baseline, pool, n: int, clock: Clock) -> list[float]:
+    """One diffusers decode of n latent frames; the per-frame marks come from hooks on its frame loop."""
+    import torch
+
+    latents = pool[:, :, torch.arange(n) % pool.shape[2]]
+    frame_clock = Clock(baseline.device)
+    hooks = [baseline.vae.decoder.register_forward_pre_hook(frame_clock.mark),
+             baseline.vae.decoder.register_forward_hook(frame_clock.mark)]
+    try:
+        clock.mark()
+        out = baseline.decode(latents)
+        clock.mark()
+        del out
+    finally:
+        for hook in hooks:
+            hook.remove()
+    marks = frame_clock.ms()
+    return [b - a for a, b in zip(marks[0::2], marks[1::2])]
+
+
+def run_case(case: Case) -> dict:
+    """Measure one case in this process; returns its row."""
+    import numpy as np
+    import torch
+
+    from .engine import resolve_dtype
+
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    device = torch.device(case.device)
+    dtype = resolve_dtype(case.dtype, device)
+    decoder, space, (h, w), flops, flops_method = _load(case, device, dtype)
+    n = case.latent_frames
+    gen = torch.Generator().manual_seed(0)
+    pool = torch.randn(1, space.channels, min(n, 4), h, w, generator=gen).to(device)  # normalized latents
+
+    def decode(frames: int):
+        clock = Clock(device)
+        if case.kind == "baseline":
+            frame_ms = _decode_baseline(decoder, pool, frames, clock)
+            total = clock.ms()[-1]
+            return total, total, frame_ms  # diffusers returns the clip only when all of it is decoded
+        _decode_streaming(decoder, pool, frames, clock)
+        marks = clock.ms()
+        return marks[-1], marks[1], [b - a for a, b in zip(marks, marks[1:])]
+
+    for _ in range(case.warmup):  # a short clip reaches every shape: first frame, filling and full window
+        decode(min(n, 3 if case.kind == "flashdecode" else 2))
+    probe = MemoryProbe(device)
+    probe.start()
+    runs, started = [], time.perf_counter()
+    for _ in range(max(case.repeat, 1)):
+        runs.append(decode(n))
+        spent = time.perf_counter() - started
+        if spent + spent / len(runs) > case.budget_s:
+            break
+    memory = probe.stop()
+
+    totals = [r[0] for r in runs]
+    frame_ms = [t for r in runs for t in r[2]]
+    total_ms = statistics.median(totals)
+    frames = pixel_frames(n)
+    return dict(
+        decoder=case.decoder, kind=case.kind, model=case.model, res=case.res, height=case.height, width=case.width,
+        frames=frames, latent_frames=n, latent_space=space.name, device=device.type,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        threads=torch.get_num_threads(), dtype=str(dtype).removeprefix("torch."),
+        random_weights=bool(decoder.random_weights), params=decoder.num_parameters(),
+        fps=frames / (total_ms / 1e3), total_ms=total_ms, ttff_ms=statistics.median(r[1] for r in runs),
+        ms_per_latent_frame=statistics.median(frame_ms), ms_per_latent_frame_p90=float(np.percentile(frame_ms, 90)),
+        flops_per_frame=flops / frames, flops_method=flops_method, tflops_per_s=flops / (total_ms / 1e3) / 1e12,
+        **memory, warmup=case.warmup, runs=len(runs),
+    )
+
+
+def _case_main(case_json: str) -> None:
+    case = Case(**json.loads(case_json))
+    try:
+        row = run_case(case)
+    except Exception as e:  # reported in the row; the parent shows it in the table
+        import torch
+
+        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+        row = dict(failed_row(case), error="out of memory" if oom else f"{type(e).__name__}: {e}".splitlines()[0])
+    print(ROW_MARK + json.dumps(row), flush=True)
+
+
+# -- the parent: run cases, gather rows ----------------------------------------------------------------
+
+
+def failed_row(case: Case, **why) -> dict:
+    return dict(decoder=case.decoder, kind=case.kind, model=case.model, res=case.res, height=case.height,
+                width=case.width, frames=pixel_frames(case.latent_frames), latent_frames=case.latent_frames,
+                latent_space=case.latent_space if case.kind == "flashdecode" else case.model, device=case.device,
+                dtype=case.dtype, random_weights=case.kind == "baseline" or case.weights == "random",
+                params=None, fps=None, ms_per_latent_frame=None, peak_mem_bytes=None, **why)
+
+
+def run_case_process(case: Case, timeout: float | None = None) -> dict:
+    """Run one case in a fresh interpreter and return its row (an error row if it fails)."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    cmd = [sys.executable, "-m", "flashdecode.bench", "--case", json.dumps(asdict(case))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return failed_row(case, error=f"timed out after {timeout:.0f} s")
+    for line in proc.stdout.splitlines():
+        if line.startswith(ROW_MARK):
+            return json.loads(line[len(ROW_MARK):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return failed_row(case, error=f"case process exited with code {proc.returncode}: {tail}")
+
+
+def too_long(case: Case, rows: list[dict]) -> str | None:
+    """Why to skip a long case: a shorter run of the same decoder says one run would pass the budget."""
+    done = [r for r in rows if r["decoder"] == case.decoder and r["res"] == case.res and r.get("ms_per_latent_frame")
+            and r["latent_frames"] < case.latent_frames]
+    if not done:
+        return None
+    estimate = max(r["ms_per_latent_frame"] for r in done) * case.latent_frames / 1e3
+    if estimate > case.budget_s:
+        return f"skipped: one run would take ~{estimate:.0f} s (> --budget-s {case.budget_s:.0f})"
+    return None
+
+
+def add_ratios(rows: list[dict]) -> list[dict]:
+    """Speed-up and memory ratio of each FlashDecoder row against the baseline run on the same clip, and
+    each row's peak memory against its own shortest length."""
+    def ok(r):
+        return r.get("fps") is not None
+
+    def same_clip(a, b):
+        return all(a[k] == b[k] for k in ("height", "width", "latent_frames", "device", "dtype"))
+
+    for r in rows:
+        if r["kind"] == "flashdecode":
+            bases = [b for b in rows if b["kind"] == "baseline" and ok(b) and ok(r) and same_clip(b, r)]
+            bases.sort(key=lambda b: b["model"] != r["latent_space"])  # the baseline of its own latent space first
+            base = bases[0] if bases else None
+            r["baseline"] = base and base["decoder"]
+            r["speedup_vs_baseline"] = base and base["total_ms"] / r["total_ms"]
+            r["mem_ratio_vs_baseline"] = base and base["peak_mem_bytes"] / r["peak_mem_bytes"]
+        shortest = [s for s in rows if ok(s) and s["decoder"] == r["decoder"] and s["res"] == r["res"]
+                    and s["device"] == r["device"] and s["dtype"] == r["dtype"]]
+        if ok(r) and len(shortest) > 1:
+            first = min(shortest, key=lambda s: s["latent_frames"])
+            r["mem_vs_shortest"] = r["peak_mem_bytes"] / first["peak_mem_bytes"]
+    return rows
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(rows: list[dict]) -> dict:
+    """Where the numbers come from (no host name)."""
+    import torch
+
+    from . import __version__
+
+    try:
+        from importlib.metadata import version
+
+        diffusers = version("diffusers")
+    except Exception:
+        diffusers = None
+    names = sorted({r["device_name"] for r in rows if r.get("device_name") and r.get("device") == "cuda"})
+    return dict(cpu=cpu_model(), cores=os.cpu_count(), torch_threads=next((r["threads"] for r in rows if "threads" in r), None),
+                torch=torch.__version__, cuda=torch.version.cuda, device_name=", ".join(names) or cpu_model(),
+                python=platform.python_version(), os=f"{platform.system()} {platform.release()}",
+                flashdecode=__version__, diffusers=diffusers, malloc_mmap_threshold=CHILD_ENV["MALLOC_MMAP_THRESHOLD_"])
+
+
+def write_json(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"machine": machine_info(rows), "rows": rows}, indent=2) + "\n")
+    tmp.replace(path)
+
+
+@dataclass
+class Bench:
+    """The parent process: runs every case in its own process, in order, and keeps the rows."""
+
+    cases: list[Case]
+    timeout: float | None = None
+    json_path: Path | None = None
+    rows: list[dict] = field(default_factory=list)
+
+    def run(self, progress=None) -> list[dict]:
+        for i, case in enumerate(self.cases, 1):
+            what = f"[{i}/{len(self.cases)}] {case.decoder} {case.res} {pixel_frames(case.latent_frames)} frames"
+            skip = too_long(case, self.rows)
+            if progress:
+                progress(f"{what}: {skip}" if skip else f"{what} ...")
+            started = time.perf_counter()
+            row = failed_row(case, skipped=skip) if skip else run_case_process(case, self.timeout)
+            self.rows.append(row)
+            add_ratios(self.rows)
+            if self.json_path:  # after every case: a run cut short still leaves its results
+                write_json(self.json_path, self.rows)
+            if progress and not skip:
+                progress(f"{what}: " + (row.get("error") or f"{row['fps']:.2f} FPS, {row['runs']} runs, "
+                                        f"{time.perf_counter() - started:.0f} s"))
+        return self.rows
+
+
+# -- presenting ----------------------------------------------------------------------------------------
+
+
+def display_name(row: dict) -> str:
+    if row["kind"] == "flashdecode":
+        return f"FlashDecoder-{row['model'].upper()}"
+    return f"{row['model'].capitalize()} conv VAE"
+
+
+def _mb(b) -> str:
+    return "-" if b is None else f"{b / 2**20:,.0f} MB" if b >= 2**20 else f"{b / 2**20:.2f} MB"
+
+
+def _num(v, fmt: str, unit: str = "") -> str:
+    return "-" if v is None else f"{v:{fmt}}{unit}"
+
+
+def render_table(rows: list[dict]):
+    """The paper's table: one row per decoder and clip, with speed-up and memory ratio against the baseline."""
+    from rich.table import Table
+
+    lengths = len({r["latent_frames"] for r in rows}) > 1
+    devices = sorted({f"{r['device']} {r['dtype']}" for r in rows})
+    table = Table(title=f"flashdecode bench ({', '.join(devices)})", title_justify="left")
+    for col in ("decoder", "res", "frames (latent)", "params", "GFLOP/frame", "1st frame", "ms/latent frame\nmedian | p90",
+                "FPS", "TFLOP/s", "peak mem\n(before decode)", "speed-up", "less mem"):
+        table.add_column(col, justify="left" if col in ("decoder", "res") else "right")
+    if lengths:
+        table.add_column("peak vs\nshortest", justify="right")
+    for r in rows:
+        why = r.get("error") or r.get("skipped")
+        base = r["kind"] == "baseline"
+        cells = [display_name(r) + (" (random weights)" if r["random_weights"] else ""), r["res"],
+                 f"{r['frames']} ({r['latent_frames']})"]
+        if why:
+            cells += [f"[red]{why}[/red]" if r.get("error") else f"[yellow]{why}[/yellow]"] + [""] * 8
+        else:
+            cells += [f"{r['params'] / 1e6:.1f} M", _num(r["flops_per_frame"] and r["flops_per_frame"] / 1e9, ",.1f"),
+                      f"{r['ttff_ms']:,.0f} ms", f"{r['ms_per_latent_frame']:,.1f} | {r['ms_per_latent_frame_p90']:,.1f}",
+                      f"{r['fps']:,.2f}", f"{r['tflops_per_s']:.3f}",
+                      f"{_mb(r['peak_mem_bytes'])} ({_mb(r['mem_before_bytes'])})",
+                      "baseline" if base else _num(r.get("speedup_vs_baseline"), ".1f", "x"),
+                      "baseline" if base else _num(r.get("mem_ratio_vs_baseline"), ".1f", "x")]
+        if lengths:
+            cells.append(_num(r.get("mem_vs_shortest"), ".3f"))
+        table.add_row(*cells)
+    notes = []
+    if any(r["random_weights"] for r in rows):
+        notes.append("random weights: speed and memory do not depend on the weight values.")
+    if any(r["kind"] == "baseline" for r in rows):
+        notes.append("speed-up = baseline time / this time; less mem = baseline peak / this peak. A conv baseline "
+                     "returns the clip only once all of it is decoded: its 1st frame = the whole clip.")
+    if any(r.get("device") == "cpu" and r.get("fps") for r in rows):
+        notes.append("CPU memory: peak RSS of each case's own process, weights and runtime included.")
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table
+
+
+def check_plot_dependency() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise FlashdecodeError("--plot needs matplotlib; install it with `pip install flashdecode[plot]`") from None
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """FPS and peak memory per decoder and resolution (or, for --lengths, against video length)."""
+    check_plot_dependency()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if r.get("fps")]
+    decoders = list(dict.fromkeys(r["decoder"] for r in rows))
+    fig, (ax_fps, ax_mem) = plt.subplots(1, 2, figsize=(11, 4))
+    if len({r["latent_frames"] for r in rows}) > 1:
+        for d in decoders:
+            for res in dict.fromkeys(r["res"] for r in rows if r["decoder"] == d):
+                pts = sorted((r["latent_frames"], r) for r in rows if r["decoder"] == d and r["res"] == res)
+                label = f"{display_name(pts[0][1])} {res}"
+                ax_fps.plot([n for n, _ in pts], [r["ms_per_latent_frame"] for _, r in pts], "o-", label=label)
+                ax_mem.plot([n for n, _ in pts], [r["peak_mem_bytes"] / 2**20 for _, r in pts], "o-", label=label)
+        for ax, ylabel in ((ax_fps, "ms per latent frame"), (ax_mem, "peak memory (MB)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("latent frames")
+            ax.set_ylabel(ylabel)
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
+            ax.legend(fontsize="small")
+    else:
+        resolutions = list(dict.fromkeys(r["res"] for r in rows))
+        width = 0.8 / max(len(decoders), 1)
+        for i, d in enumerate(decoders):
+            by_res = {r["res"]: r for r in rows if r["decoder"] == d}
+            xs = [j + i * width for j, res in enumerate(resolutions) if res in by_res]
+            label = display_name(next(iter(by_res.values())))
+            ax_fps.bar(xs, [by_res[res]["fps"] for res in resolutions if res in by_res], width, label=label)
+            ax_mem.bar(xs, [by_res[res]["peak_mem_bytes"] / 2**20 for res in resolutions if res in by_res], width,
+                       label=label)
+        for ax, ylabel in ((ax_fps, "FPS (pixel frames / s)"), (ax_mem, "peak memory (MB)")):
+            ax.set_xticks([j + width * (len(decoders) - 1) / 2 for j in range(len(resolutions))], resolutions)
+            ax.set_yscale("log")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize="small")
+    devices = ", ".join(sorted({f"{r['device']} {r['dtype']}" for r in rows}))
+    fig.suptitle(f"flashdecode bench ({devices}; random weights)" if any(r["random_weights"] for r in rows)
+                 else f"flashdecode bench ({devices})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def check_baseline_dependency(baselines: list[str]) -> None:
+    """Fail before any case runs, with the install line (find_spec: importing diffusers takes seconds)."""
+    import importlib.util
+
+    if baselines and importlib.util.find_spec("diffusers") is None:
+        from .baselines import _autoencoder_cls
+
+        _autoencoder_cls()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--case":
+        _case_main(sys.argv[2])
+    else:
+        sys.exit("usage: python -m flashdecode.bench --case JSON (an internal entry point of `flashdecode bench`)")

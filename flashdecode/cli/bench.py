@@ -1,0 +1,77 @@
+"""`flashdecode bench`: speed and memory of FlashDecoder variants against the Wan conv decoders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import run_guarded
+
+
+@app.command()
+@run_guarded
+def bench(
+    res: str = typer.Option("480p", "--res", help="480p, 720p, 1080p (1088x1920) or HxW in pixels (multiples of "
+                                                  "16); a comma list runs each"),
+    model: str = typer.Option("s", "--model", help="FlashDecoder variants, comma list: tiny, xs, s, b, l, xl"),
+    frames: int = typer.Option(25, "--frames", help="pixel frames per clip, 4k+1 (25 = 7 latent frames)"),
+    lengths: str = typer.Option(None, "--lengths", help="latent frame counts, comma list (e.g. 10,100,1000): "
+                                                        "memory and ms/frame against video length; replaces --frames"),
+    baseline: str = typer.Option("none", "--baseline", help="diffusers' Wan conv decoders to run beside: "
+                                                            "wan2.1, wan2.2 (comma list) or none"),
+    latent_space: str = typer.Option("wan2.2", "--latent-space", help="latent space of the FlashDecoder rows"),
+    device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda if available)"),
+    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)"),
+    warmup: int = typer.Option(1, "--warmup", help="warm-up decodes of a short clip before timing"),
+    repeat: int = typer.Option(3, "--repeat", help="timed decodes of the whole clip; medians are reported"),
+    budget_s: float = typer.Option(120.0, "--budget-s", help="per case: stop repeating once another run would pass "
+                                                             "this many seconds; skip lengths estimated to pass it"),
+    timeout: float = typer.Option(3600.0, "--timeout", help="per case: kill its process after this many seconds"),
+    threads: int = typer.Option(None, "--threads", help="CPU threads per case (default: torch's, one per core)"),
+    weights: str = typer.Option("random", "--weights", help="FlashDecoder weights: random, or a .safetensors path "
+                                                            "(one --model)"),
+    json_path: Path = typer.Option(None, "--json", help="write {machine, rows} here (updated after every case)"),
+    plot_path: Path = typer.Option(None, "--plot", help="FPS and memory chart (.png; needs matplotlib)"),
+    baseline_size: str = typer.Option("full", "--baseline-size", hidden=True, help="tiny: narrow baselines (tests)"),
+) -> None:
+    """Measure FPS, ms per latent frame, time to first frame, peak memory and FLOPs, each case in its own process."""
+    import torch
+    from rich.console import Console
+
+    from .. import bench as harness
+    from ..engine import resolve_device, resolve_dtype
+    from ..errors import FlashdecodeError
+    from ..latent_spaces import get_latent_space, latent_frames
+
+    models = [m.lower() for m in harness.parse_list(model)]
+    baselines = [b.lower() for b in harness.parse_list(baseline) if b.lower() != "none"]
+    try:
+        get_latent_space(latent_space)
+        counts = [int(n) for n in harness.parse_list(lengths)] if lengths else [latent_frames(frames)]
+    except ValueError as e:
+        raise FlashdecodeError(f"{e}; --frames takes pixel frames (4k+1), --lengths latent frame counts") from None
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlashdecodeError("--device cuda but no CUDA GPU is visible here; use --device cpu")
+    dt = str(resolve_dtype(dtype, dev)).removeprefix("torch.")
+    if weights != "random" and len(models) > 1:
+        raise FlashdecodeError("--weights PATH fits one --model; pass a single variant or --weights random")
+    if plot_path:
+        harness.check_plot_dependency()
+    harness.check_baseline_dependency(baselines)
+    cases = harness.build_cases(harness.parse_list(res), models, baselines, counts, latent_space=latent_space,
+                                device=dev.type, dtype=dt, warmup=warmup, repeat=repeat, budget_s=budget_s,
+                                weights=weights, baseline_size=baseline_size, threads=threads)
+
+    err = Console(stderr=True)
+    rows = harness.Bench(cases, timeout=timeout, json_path=json_path).run(progress=lambda m: err.print(m, highlight=False))
+    out = Console()
+    if not out.is_terminal:  # a file or a pipe: do not squeeze the table into 80 columns
+        out = Console(width=200)
+    out.print(harness.render_table(rows))
+    if json_path:
+        err.print(f"wrote {json_path}")
+    if plot_path:
+        harness.plot(rows, plot_path)
+        err.print(f"wrote {plot_path}")

@@ -1,0 +1,65 @@
+"""What every command shares: turning expected failures into one line and an exit code, never a traceback.
+
+    @app.command()
+    @run_guarded
+    def cmd(...): ...          # or: with run_guarded(): ...
+
+FlashdecodeError -> "error: <message>" on stderr, exit 2. Ctrl-C -> exit 130 (the command's own
+`finally` blocks have already closed its outputs). A closed stdout pipe (`... | head`) -> exit 141
+(128 + SIGPIPE, what a shell reports for a tool killed by the pipe), silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import typer
+
+from ..errors import FlashdecodeError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+
+def error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush does not hit the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+class _Guard(contextlib.ContextDecorator):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is None:
+            return False
+        if isinstance(exc, FlashdecodeError):
+            error(str(exc))
+            raise typer.Exit(EXIT_ERROR) from None
+        if isinstance(exc, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        if isinstance(exc, BrokenPipeError):
+            _silence_stdout()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        return False
+
+
+def run_guarded(func=None):
+    """Use as `@run_guarded`, `@run_guarded()` or `with run_guarded():`."""
+    return _Guard()(func) if callable(func) else _Guard()

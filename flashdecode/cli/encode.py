@@ -1,0 +1,158 @@
+"""`flashdecode encode` (video -> normalized latents with a teacher encoder) and the hidden
+`flashdecode fit-demo-teacher` (re-make the bundled demo PCA teacher).
+
+Data flows one way: video frames (decoded as needed) -> center crop + resize -> pixel chunks (1 frame,
+then 4 at a time) -> teacher -> latent frames -> a .safetensors/.npy file, or NPY arrays on stdout as they
+are made, so `flashdecode encode clip.mp4 -o - | flashdecode decode - ...` is a pipeline.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from . import app
+from .common import run_guarded
+
+OUTPUT_DTYPES = ("float32", "float16")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'256x448' -> (256, 448) as (height, width); each a positive multiple of 16."""
+    from ..errors import FlashdecodeError
+
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FlashdecodeError(f"--size {text!r} is not HxW; write e.g. --size 256x448 (height x width)") from None
+    if h <= 0 or w <= 0 or h % 16 or w % 16:
+        raise FlashdecodeError(f"--size {h}x{w} is not a multiple of 16; use e.g. {max(16, h - h % 16)}x{max(16, w - w % 16)}")
+    return h, w
+
+
+def choose_frames(available: int, frames: int | None, max_frames: int | None, video, start: int) -> int:
+    from ..errors import FlashdecodeError
+    from ..video_data import largest_4k1
+
+    if available < 1:
+        raise FlashdecodeError(f"{video} has no frames from --start {start}; use an earlier --start")
+    if frames is None:
+        return largest_4k1(min(available, max_frames) if max_frames else available)
+    if frames < 1 or (frames - 1) % 4:
+        raise FlashdecodeError(f"--frames {frames} is not 4k+1 (1, 5, 9, ..., 4k+1): latents cover 1 frame, then 4 each")
+    if frames > available:
+        raise FlashdecodeError(f"{video} has only {available} frames from --start {start}, too few for --frames {frames}; "
+                               f"use --frames {largest_4k1(available)} or an earlier --start")
+    return frames
+
+
+def pixel_chunks(video, start: int, frames: int, size, device):
+    """[1, 3, t, H, W] chunks in [-1, 1]: the first frame alone, then 4 frames at a time (the causal latent grouping)."""
+    import torch
+
+    from ..video_data import iter_frames, to_clip
+
+    pending = []
+    for i, frame in enumerate(iter_frames(video, start, frames)):
+        pending.append(torch.from_numpy(frame))
+        if i == 0 or len(pending) == 4:
+            yield to_clip(torch.stack(pending), size, "center").unsqueeze(0).to(device)
+            pending = []
+
+
+@app.command()
+@run_guarded
+def encode(
+    video: Path = typer.Argument(..., help="Input video (anything PyAV/FFmpeg reads)."),
+    output: str = typer.Option(..., "-o", "--output", help="latents.safetensors (key 'latents' [1,C,L,h,w] + metadata), "
+                               ".npy ([1,C,L,h,w]), or '-' for stdout: NPY arrays, one latent frame [C,h,w] each."),
+    teacher: str = typer.Option("demo", "--teacher", help="demo (the bundled PCA codec), wan2.1 or wan2.2 (with --vae)."),
+    vae: Path = typer.Option(None, "--vae", help="Local Wan VAE: a diffusers AutoencoderKLWan folder or a checkpoint file."),
+    teacher_weights: Path = typer.Option(None, "--teacher-weights", help="Demo PCA teacher file (default: "
+                                         "demo-pca-teacher.safetensors in the weights folders)."),
+    size: str = typer.Option(None, "--size", help="HxW, multiples of 16: center crop to that aspect ratio, then "
+                             "resize. Default: the video's own size, center-cropped to multiples of 16."),
+    frames: int = typer.Option(None, "--frames", help="Pixel frames to encode, 4k+1. Default: the most the video has."),
+    max_frames: int = typer.Option(None, "--max-frames", help="Cap for the default --frames."),
+    start: int = typer.Option(0, "--start", help="First frame to encode."),
+    dtype: str = typer.Option("float32", "--dtype", help="Output dtype: float32 or float16."),
+    device: str = typer.Option(None, "--device", help="cuda, cpu (default: cuda if available)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary line."),
+) -> None:
+    """Encode a video to normalized latents with a teacher encoder (default: the bundled demo PCA codec)."""
+    import numpy as np
+    import torch
+
+    from ..errors import FlashdecodeError
+    from ..teachers import load_teacher
+    from ..video_data import probe, round_down_16
+
+    if output != "-" and Path(output).suffix.lower() not in (".safetensors", ".npy"):
+        raise FlashdecodeError(f"unknown output extension for {output!r}; use .safetensors, .npy, or '-' for stdout")
+    if output == "-" and sys.stdout.isatty():
+        raise FlashdecodeError("-o - writes binary NPY arrays to stdout, which is a terminal; pipe it "
+                               "(| flashdecode decode - ...) or pass -o latents.safetensors")
+    if dtype not in OUTPUT_DTYPES:
+        raise FlashdecodeError(f"--dtype {dtype!r} is not one of {', '.join(OUTPUT_DTYPES)}")
+    if start < 0:
+        raise FlashdecodeError(f"--start {start} is negative; frames count from 0")
+    if teacher not in ("wan2.1", "wan2.2") and vae is not None:
+        raise FlashdecodeError(f"--vae is for --teacher wan2.1/wan2.2; for the demo teacher use --teacher-weights")
+    target = parse_size(size)
+    info = probe(video)  # missing file / not a video: a clear error before any model loads
+    target = target or round_down_16(info.height, info.width)
+    if min(target) < 16:
+        raise FlashdecodeError(f"{video} is {info.width}x{info.height}, smaller than one 16x16 latent cell; pass --size")
+    n = choose_frames(info.frames - start, frames, max_frames, video, start)
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    enc = load_teacher(teacher, vae if teacher != "demo" else teacher_weights, device=dev)
+    out_dtype = getattr(torch, dtype)
+    latent_frames = enc.encode_stream(pixel_chunks(video, start, n, target, dev))
+
+    if output == "-":
+        stdout = sys.stdout.buffer
+        count = 0
+        for z in latent_frames:  # written as made: the consumer starts decoding after the first frame
+            np.lib.format.write_array(stdout, z[0].to(out_dtype).cpu().numpy(), allow_pickle=False)
+            stdout.flush()
+            count += 1
+        shape = [1, enc.latent_space.channels, count, *z.shape[-2:]]
+    else:
+        latents = torch.stack(list(latent_frames), dim=2).to(out_dtype).cpu().contiguous()
+        shape = list(latents.shape)
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        if output.lower().endswith(".npy"):
+            np.save(output, latents.numpy())
+        else:
+            from safetensors.torch import save_file
+
+            save_file({"latents": latents}, output, metadata={
+                "layout": "NCTHW", "latent_space": enc.latent_space.name, "normalized": "true",
+                "source": str(video), "fps": f"{info.fps:g}", "frames": str(n), "start": str(start),
+                "size": f"{target[0]}x{target[1]}", "teacher": enc.name})
+    if not quiet:
+        print(f"encoded {n} frames of {video} at {target[0]}x{target[1]} with {enc.name} -> {enc.latent_space.name} "
+              f"latents {shape} {dtype} -> {'stdout' if output == '-' else output}", file=sys.stderr)
+
+
+@app.command("fit-demo-teacher", hidden=True)
+@run_guarded
+def fit_demo_teacher(
+    videos: list[str] = typer.Argument(..., help="Videos or folders to fit on ('file:start-end' picks frames)."),
+    out: Path = typer.Option(Path("weights/demo-pca-teacher.safetensors"), "-o", "--out"),
+    holdout: list[str] = typer.Option([], "--holdout", help="'file' or 'file:start-end' (end exclusive) kept out of the fit."),
+    eval_on: list[str] = typer.Option([], "--eval", help="Clips for the round-trip PSNR/SSIM (256x256 center crop), "
+                                      "e.g. the held-out part with its full path."),
+    clips: int = typer.Option(256, "--clips", help="Random 17-frame clips to fit on (half at 256x256, half at 128x128)."),
+    seed: int = typer.Option(0, "--seed"),
+    credits: str = typer.Option("", "--credits", help="Attribution of the videos, stored in the file's metadata."),
+) -> None:
+    """Fit the bundled demo codec's PCA teacher (takes well under a minute on a CPU)."""
+    from ..demo_codec import fit_demo_teacher as fit
+
+    fit(videos, holdout=holdout, eval_sources=eval_on, out=out, clips=clips, seed=seed, credits=credits,
+        log=lambda m: print(m, file=sys.stderr))

@@ -1,0 +1,303 @@
+"""The bundled demo codec: a frozen linear teacher (PCA of 16x16 pixel patches) and its exact linear inverse.
+
+It gives Wan2.2's shape contract without Wan weights: 48 channels, /16 in space, /4 causal in time. The lone
+first frame's 16x16 patch (3*16*16 = 768 values) is projected on one PCA basis, every later group of 4 frames'
+patch (3*4*16*16 = 3072 values) on another; each of the 48 coefficients is divided by its standard deviation on
+the fitting data, so latents are per-channel mean 0, variance 1 ("demo" latent space, already normalized).
+The inverse (`decode`) is the baseline a learned decoder must beat. Patch vectors are ordered
+(channel, frame, row, col).
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import FlashdecodeError
+from .latent_spaces import get_latent_space
+
+FORMAT = "flashdecode-pca-teacher"  # not "flashdecode": decoder weight searches skip this file
+DEFAULT_NAME = "demo-pca-teacher.safetensors"
+GROUP = 4  # pixel frames per later latent frame
+
+
+def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, 3, t, H, W] -> [B, H/p, W/p, 3*t*p*p] (vector order: channel, frame, row, col)."""
+    b, c, t, h, w = x.shape
+    x = x.reshape(b, c, t, h // patch, patch, w // patch, patch)
+    return x.permute(0, 3, 5, 1, 2, 4, 6).reshape(b, h // patch, w // patch, c * t * patch * patch)
+
+
+def unpatchify(v: torch.Tensor, frames: int, patch: int) -> torch.Tensor:
+    """Inverse of patchify: [B, h, w, 3*t*p*p] -> [B, 3, t, h*p, w*p]."""
+    b, h, w, _ = v.shape
+    x = v.reshape(b, h, w, 3, frames, patch, patch)
+    return x.permute(0, 3, 4, 1, 5, 2, 6).reshape(b, 3, frames, h * patch, w * patch)
+
+
+class PCATeacher(torch.nn.Module):
+    """Pixels [B, 3, 4k+1, H, W] in [-1, 1] <-> normalized latents [B, C, 1+k, H/16, W/16], both linear."""
+
+    name = "demo-pca"
+
+    def __init__(self, first_mean, first_basis, first_std, group_mean, group_basis, group_std,
+                 patch: int = 16, metadata: dict | None = None):
+        super().__init__()
+        # basis rows are orthonormal principal directions; std is each coefficient's spread on the fit data.
+        for key, value in dict(first_mean=first_mean, first_basis=first_basis, first_std=first_std,
+                               group_mean=group_mean, group_basis=group_basis, group_std=group_std).items():
+            self.register_buffer(key, value.float().contiguous())
+        self.patch = patch
+        self.metadata = dict(metadata or {})
+        self.latent_space = get_latent_space("demo")
+
+    @property
+    def channels(self) -> int:
+        return self.first_basis.shape[0]
+
+    @property
+    def spatial(self) -> int:
+        return self.patch
+
+    # ------------------------------------------------------------------ encode / decode
+
+    def _project(self, x, mean, basis, std) -> torch.Tensor:
+        v = patchify(x.to(basis), self.patch)
+        return ((v - mean) @ basis.T / std).permute(0, 3, 1, 2)  # [B, C, h, w]
+
+    def _reconstruct(self, z, mean, basis, std, frames) -> torch.Tensor:
+        v = (z.to(basis).permute(0, 2, 3, 1) * std) @ basis + mean
+        return unpatchify(v, frames, self.patch)
+
+    def encode_first(self, frame: torch.Tensor) -> torch.Tensor:
+        """The first frame [B, 3, 1, H, W] -> latent frame [B, C, h, w]."""
+        return self._project(frame, self.first_mean, self.first_basis, self.first_std)
+
+    def encode_group(self, frames: torch.Tensor) -> torch.Tensor:
+        """A later group of 4 frames [B, 3, 4, H, W] -> latent frame [B, C, h, w]."""
+        return self._project(frames, self.group_mean, self.group_basis, self.group_std)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        _check_pixels(pixels, self.patch)
+        first = self.encode_first(pixels[:, :, :1])
+        b, c, t, h, w = pixels.shape
+        if t == 1:
+            return first.unsqueeze(2)
+        # All later groups at once: fold the group index into the batch.
+        groups = pixels[:, :, 1:].reshape(b, c, (t - 1) // GROUP, GROUP, h, w).transpose(1, 2).reshape(-1, c, GROUP, h, w)
+        rest = self.encode_group(groups)
+        rest = rest.reshape(b, -1, *rest.shape[1:]).transpose(1, 2)  # [B, C, k, h, w]
+        return torch.cat([first.unsqueeze(2), rest], dim=2)
+
+    @torch.no_grad()
+    def encode_stream(self, chunks: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Pixel chunks (first 1 frame, then 4 at a time) [B, 3, t, H, W] -> latent frames [B, C, h, w], one per chunk."""
+        for i, chunk in enumerate(chunks):
+            if chunk.shape[2] != (1 if i == 0 else GROUP):
+                raise ValueError(f"chunk {i} has {chunk.shape[2]} frames; the first chunk is 1 frame, later ones 4")
+            yield self.encode_first(chunk) if i == 0 else self.encode_group(chunk)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized latents [B, C, L, h, w] -> pixels [B, 3, 1+4(L-1), 16h, 16w] in [-1, 1] (the linear inverse)."""
+        b, c, length, h, w = latents.shape
+        first = self._reconstruct(latents[:, :, 0], self.first_mean, self.first_basis, self.first_std, 1)
+        if length == 1:
+            return first.clamp(-1, 1)
+        z = latents[:, :, 1:].transpose(1, 2).reshape(-1, c, h, w)
+        rest = self._reconstruct(z, self.group_mean, self.group_basis, self.group_std, GROUP)
+        rest = rest.reshape(b, length - 1, 3, GROUP, *rest.shape[-2:]).permute(0, 2, 1, 3, 4, 5).flatten(2, 3)
+        return torch.cat([first, rest], dim=2).clamp(-1, 1)
+
+    # ------------------------------------------------------------------ files
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for key, value in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().cpu().float().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": FORMAT, "latent_space": "demo", "normalized": "true", "patch": str(self.patch),
+                "components": str(self.channels), "vector_order": "channel,frame,row,col"}
+        meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in self.metadata.items()})
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp), metadata=meta)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path=None) -> "PCATeacher":
+        """Load from `path`, or find demo-pca-teacher.safetensors in the weights folders."""
+        path = Path(path) if path is not None else default_path()
+        if path is None or not path.is_file():
+            raise FlashdecodeError(f"demo teacher {path or DEFAULT_NAME} not found; re-make it with "
+                                   "`flashdecode fit-demo-teacher VIDEOS...` or pass its path")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise FlashdecodeError(f"{path} is not a readable safetensors file ({e}); re-make it with "
+                                   "`flashdecode fit-demo-teacher`") from None
+        if meta.get("format") != FORMAT:
+            raise FlashdecodeError(f"{path} is not a demo PCA teacher (format {meta.get('format')!r}); "
+                                   "pass a file written by `flashdecode fit-demo-teacher`")
+        return cls(**state, patch=int(meta.get("patch", 16)), metadata=_parse_meta(meta))
+
+
+def _parse_meta(meta: dict) -> dict:
+    out = {}
+    for k, v in meta.items():
+        try:
+            out[k] = json.loads(v) if v[:1] in "[{" else v
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _check_pixels(pixels: torch.Tensor, patch: int) -> None:
+    if pixels.ndim != 5 or pixels.shape[1] != 3:
+        raise ValueError(f"expected pixels [B, 3, T, H, W], got {list(pixels.shape)}")
+    t, h, w = pixels.shape[2:]
+    if (t - 1) % GROUP or h % patch or w % patch:
+        raise ValueError(f"pixels {list(pixels.shape)}: T must be 4k+1 and H, W multiples of {patch}")
+
+
+def default_path() -> Path | None:
+    """demo-pca-teacher.safetensors in the weights folders ($FLASHDECODE_WEIGHTS, ./weights, the repo's weights/)."""
+    from .checkpoint import weights_dirs
+
+    return next((d / DEFAULT_NAME for d in weights_dirs() if (d / DEFAULT_NAME).is_file()), None)
+
+
+# ---------------------------------------------------------------------------------------- fitting
+
+class Moments:
+    """Streaming mean and covariance of vectors: float32 products of ~8k rows at a time, summed in float64."""
+
+    def __init__(self, dim: int, rows_per_product: int = 8192):
+        self.n, self.rows = 0, rows_per_product
+        self.sum = torch.zeros(dim, dtype=torch.float64)
+        self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+        self._pending: list[torch.Tensor] = []
+
+    def add(self, v: torch.Tensor) -> None:
+        self._pending.append(v.reshape(-1, self.sum.numel()).float())
+        if sum(p.shape[0] for p in self._pending) >= self.rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            v = torch.cat(self._pending)
+            self._pending = []
+            self.n += v.shape[0]
+            self.sum += v.sum(0).double()
+            self.outer += (v.T @ v).double()
+
+    def pca(self, components: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mean [D], basis [components, D] with orthonormal rows, std [components]), largest variance first."""
+        self._flush()
+        if self.n < 2:
+            raise ValueError("need at least 2 samples to fit a PCA")
+        mean = self.sum / self.n
+        cov = (self.outer - self.n * torch.outer(mean, mean)) / (self.n - 1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # MKL's threaded eigh crawls (10x slower) when the cores are shared; one thread doesn't
+        try:
+            var, vecs = torch.linalg.eigh(cov)  # ascending
+        finally:
+            torch.set_num_threads(threads)
+        var, vecs = var.flip(0)[:components], vecs.flip(1)[:, :components]
+        vecs = vecs * torch.where(vecs.sum(0) < 0, -1.0, 1.0)  # a fixed sign per component: reproducible files
+        std = var.clamp_min(1e-12).sqrt()
+        return mean.float(), vecs.T.float().contiguous(), std.float()
+
+
+def fit_pca_teacher(clips: Iterable[torch.Tensor], components: int = 48, patch: int = 16,
+                    patches_per_clip: int = 256, seed: int = 0, metadata: dict | None = None) -> PCATeacher:
+    """Fit the two bases on clips [3, 4k+1, H, W] in [-1, 1] (k >= 1).
+
+    The first-frame basis sees single-frame patches from every frame (the first frame of a video is just an
+    image); the group basis sees every aligned 4-frame group. `patches_per_clip` random patches of each kind
+    per clip keep the covariance cheap while many clips keep it diverse.
+    """
+    first, group = Moments(3 * patch * patch), Moments(3 * GROUP * patch * patch)
+    g = torch.Generator().manual_seed(seed)
+    sample = lambda v: v[torch.randperm(v.shape[0], generator=g)[:patches_per_clip]]  # noqa: E731
+    count = 0
+    for clip in clips:
+        _check_pixels(clip.unsqueeze(0), patch)
+        c, t, h, w = clip.shape
+        frames = clip.transpose(0, 1).unsqueeze(2)  # [T, 3, 1, H, W]: every frame on its own
+        first.add(sample(patchify(frames, patch).reshape(-1, first.sum.numel())))
+        if t > 1:
+            groups = clip[:, 1:].reshape(c, (t - 1) // GROUP, GROUP, h, w).transpose(0, 1)  # [k, 3, 4, H, W]
+            group.add(sample(patchify(groups, patch).reshape(-1, group.sum.numel())))
+        count += 1
+    first._flush(), group._flush()
+    if group.n < components or first.n < components:
+        raise ValueError(f"{first.n} single-frame and {group.n} group patches are too few for {components} components")
+    meta = {"clips_seen": count, "patches": {"first": first.n, "group": group.n}, **(metadata or {})}
+    return PCATeacher(*first.pca(components), *group.pca(components), patch=patch, metadata=meta)
+
+
+def evaluate(teacher, clips: Iterable[tuple[str, torch.Tensor]]) -> list[dict]:
+    """PSNR/SSIM of the teacher's own round trip (encode -> linear decode) on named clips [3, T, H, W]."""
+    from .metrics import psnr, ssim
+
+    rows = []
+    for name, clip in clips:
+        recon = teacher.decode(teacher.encode(clip.unsqueeze(0)))
+        rows.append({"clip": name, "frames": clip.shape[1], "size": list(clip.shape[-2:]),
+                     "psnr": round(psnr(recon, clip)[0], 3), "ssim": round(ssim(recon, clip)[0], 4)})
+    return rows
+
+
+def fit_demo_teacher(sources: Sequence, holdout: Sequence[str] = (), eval_sources: Sequence[str] = (),
+                     out=None, clips: int = 256, sizes: Sequence[tuple[int, int]] = ((256, 256), (128, 128)),
+                     frames: int = 17, seed: int = 0, cache_mb: float = 1536, credits: str = "",
+                     log=print) -> tuple[PCATeacher, list[dict]]:
+    """The recipe behind weights/demo-pca-teacher.safetensors: random 17-frame clips at several sizes, random
+    crops between native resolution and a whole-frame downscale, held-out parts excluded; then the round-trip
+    PSNR/SSIM on `eval_sources` (256x256 center crops), stored in the file's metadata. Decoded videos stay in
+    memory (up to `cache_mb`) so each is decoded once."""
+    import time
+
+    from .video_data import VideoClips, eval_clips
+
+    t0 = time.time()
+    per_size = max(1, clips // len(sizes))
+    datasets = [VideoClips(sources, frames, size, per_size, seed + i, holdout=holdout, cache_mb=cache_mb)
+                for i, size in enumerate(sizes)]
+    for ds in datasets[1:]:
+        ds._cache = datasets[0]._cache  # one decoded copy of each video for all sizes
+    stream = (clip for ds in datasets for clip in ds)
+    teacher = fit_pca_teacher(stream, seed=seed, metadata={
+        "clips": sorted({str(s) for ds in datasets for s in ds.segments}), "holdout": list(holdout),
+        "fit": {"clips": per_size * len(sizes), "frames": frames, "sizes": [list(s) for s in sizes], "seed": seed},
+        "date": datetime.date.today().isoformat(), **({"credits": credits} if credits else {})})
+    log(f"fitted on {teacher.metadata['clips_seen']} clips, {teacher.metadata['patches']} patches in {time.time() - t0:.1f} s")
+    report = evaluate(teacher, eval_clips(list(eval_sources), size=(256, 256))) if eval_sources else []
+    for row in report:
+        log(f"held-out {row['clip']} {row['size'][0]}x{row['size'][1]} {row['frames']} frames: "
+            f"PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}")
+    teacher.metadata["eval"] = report
+    if out is not None:
+        teacher.save(out)
+        log(f"wrote {out} ({Path(out).stat().st_size / 1e3:.0f} kB)")
+    return teacher, report
+
+
+__all__ = ["PCATeacher", "patchify", "unpatchify", "Moments", "fit_pca_teacher", "evaluate", "fit_demo_teacher",
+           "default_path", "FORMAT", "DEFAULT_NAME"]

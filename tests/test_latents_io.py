@@ -1,0 +1,191 @@
+"""latents_io: files, NPY streams read as they arrive, layouts, ranks, and one-line errors for bad input."""
+import io
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from flashdecode.errors import FlashdecodeError
+from flashdecode.latents_io import describe, guess_layout, iter_npy_stream, open_latents
+
+DATA = Path(__file__).parent / "data"
+CROP = DATA / "wan21_crop_3lat_8x8.safetensors"  # real Wan2.1 latents (1,16,3,8,8), see data/README.md
+
+
+def npy_bytes(*arrays) -> bytes:
+    buf = io.BytesIO()
+    for a in arrays:
+        np.save(buf, a)
+    return buf.getvalue()
+
+
+def all_chunks(lat):
+    return torch.cat(list(lat.chunks), dim=2)
+
+
+# -- files -------------------------------------------------------------------------------------------
+
+def test_real_crop_uses_metadata():
+    lat = open_latents(CROP)
+    assert lat.shape == (1, 16, 3, 8, 8) and lat.dtype == "bfloat16"
+    assert (lat.layout, lat.layout_reason) == ("ncthw", "file metadata")
+    assert lat.latent_space_guess() == ("wan2.1", "file metadata")
+    chunks = list(lat.chunks)
+    assert len(chunks) == 3 and all(c.shape == (1, 16, 1, 8, 8) for c in chunks)  # one latent frame at a time
+    d = describe(open_latents(CROP))
+    assert (d["pixel_frames"], d["width"], d["height"], d["latent_space"]) == (9, 64, 64, "wan2.1")
+
+
+def test_safetensors_only_tensor_and_key(tmp_path):
+    z = torch.randn(1, 48, 2, 4, 4)
+    save_file({"anything": z}, tmp_path / "one.safetensors")
+    assert torch.equal(all_chunks(open_latents(tmp_path / "one.safetensors")), z)
+    save_file({"a": z, "b": z[:, :16].clone()}, tmp_path / "two.safetensors")
+    with pytest.raises(FlashdecodeError, match="holds 2 tensors.*--key"):
+        open_latents(tmp_path / "two.safetensors")
+    assert open_latents(tmp_path / "two.safetensors", key="b").channels == 16
+    with pytest.raises(FlashdecodeError, match="no tensor 'c'; it has a, b"):
+        open_latents(tmp_path / "two.safetensors", key="c")
+
+
+def test_npy_file_and_space_guess(tmp_path):
+    z = np.random.randn(48, 3, 4, 4).astype(np.float16)  # [C,t,h,w]: no batch axis
+    np.save(tmp_path / "z.npy", z)
+    lat = open_latents(tmp_path / "z.npy")
+    assert lat.shape == (1, 48, 3, 4, 4) and lat.latent_space_guess()[0] == "wan2.2"
+    assert np.array_equal(all_chunks(lat)[0].numpy(), z)
+
+
+def test_layouts(tmp_path):
+    z = torch.randn(2, 48, 3, 4, 4)
+    np.save(tmp_path / "ntchw.npy", z.transpose(1, 2).numpy())  # [B,T,C,h,w], as TAEHV writes it
+    lat = open_latents(tmp_path / "ntchw.npy")
+    assert (lat.layout, lat.layout_reason) == ("ntchw", "channel count 48")
+    assert torch.equal(all_chunks(lat), z)
+    # 16 channels and 16 frames: ambiguous, so the canonical NCTHW unless told
+    assert guess_layout((1, 16, 16, 8, 8)) == ("ncthw", "default (ambiguous: pass --layout)")
+    assert guess_layout((1, 16, 16, 8, 8), metadata={"layout": "NTCHW"})[0] == "ntchw"
+    assert guess_layout((16, 48, 8, 8), channels={16})[0] == "ncthw"  # the model's channel count decides
+    sq = torch.randn(1, 16, 16, 2, 2)
+    np.save(tmp_path / "sq.npy", sq.numpy())
+    assert torch.equal(all_chunks(open_latents(tmp_path / "sq.npy", layout="ntchw")), sq.transpose(1, 2))
+
+
+def test_single_frame_rank3(tmp_path):
+    np.save(tmp_path / "f.npy", np.zeros((16, 4, 6), np.float32))
+    assert open_latents(tmp_path / "f.npy").shape == (1, 16, 1, 4, 6)
+
+
+@pytest.mark.parametrize("shape", [(16, 4), (1, 1, 16, 2, 4, 4)])
+def test_wrong_rank(tmp_path, shape):
+    np.save(tmp_path / "r.npy", np.zeros(shape, np.float32))
+    with pytest.raises(FlashdecodeError, match=f"rank {len(shape)}.*\\[C,h,w\\]"):
+        open_latents(tmp_path / "r.npy")
+
+
+def test_nan_inf_says_how_many_and_where(tmp_path):
+    z = np.zeros((1, 16, 4, 3, 3), np.float32)
+    z[0, 5, 2, 1, 0] = np.nan
+    z[0, 7, 3, 0, 0] = np.nan
+    z[0, 1, 3, 2, 2] = np.inf
+    np.save(tmp_path / "bad.npy", z)
+    with pytest.raises(FlashdecodeError, match="2 NaN and 1 Inf.*batch 0, channel 5, latent frame 2, row 1, col 0"):
+        open_latents(tmp_path / "bad.npy")
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(FlashdecodeError, match="does not exist"):
+        open_latents(tmp_path / "missing.safetensors")
+    (tmp_path / "z.pt").write_bytes(b"x")
+    with pytest.raises(FlashdecodeError, match="unknown input extension '.pt'"):
+        open_latents(tmp_path / "z.pt")
+    (tmp_path / "d.npy").mkdir()
+    with pytest.raises(FlashdecodeError, match="is a directory"):
+        open_latents(tmp_path / "d.npy")
+    data = CROP.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) - 100])
+    with pytest.raises(FlashdecodeError, match="truncated or not a valid safetensors"):
+        open_latents(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(FlashdecodeError, match="not a valid safetensors"):
+        open_latents(tmp_path / "junk.safetensors")
+    npy = npy_bytes(np.zeros((16, 2, 4, 4), np.float32))
+    (tmp_path / "cut.npy").write_bytes(npy[:-10])
+    with pytest.raises(FlashdecodeError, match="truncated: its header promises 2048 bytes of data, got 2038"):
+        open_latents(tmp_path / "cut.npy")
+    (tmp_path / "junk.npy").write_bytes(b"PK\x03\x04" + b"\0" * 40)
+    with pytest.raises(FlashdecodeError, match="not a valid .npy"):
+        open_latents(tmp_path / "junk.npy")
+    (tmp_path / "hdr.npy").write_bytes(npy[:8] + b"\x10\x00{'descr': nonsense")
+    with pytest.raises(FlashdecodeError, match="corrupt NPY header"):
+        open_latents(tmp_path / "hdr.npy")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(FlashdecodeError, match="Python objects.*never"):
+        open_latents(tmp_path / "obj.npy")
+
+
+# -- stdin ---------------------------------------------------------------------------------------------
+
+def test_npy_stream_mixed_ranks_and_ntchw():
+    f0 = np.random.randn(16, 4, 4).astype(np.float32)  # a frame
+    c1 = np.random.randn(2, 16, 4, 4).astype(np.float32)  # a chunk, NTCHW (2 is no channel count)
+    c2 = np.random.randn(1, 16, 16, 4, 4).astype(np.float32)  # ambiguous alone: the stream is NTCHW by now
+    lat = open_latents("-", stdin=io.BytesIO(npy_bytes(f0, c1, c2)))
+    assert lat.shape == (1, 16, None, 4, 4)
+    z = all_chunks(lat)
+    assert z.shape == (1, 16, 1 + 2 + 16, 4, 4)
+    assert torch.equal(z[0, :, 0], torch.from_numpy(f0))
+    assert torch.equal(z[0, :, 1:3], torch.from_numpy(c1).transpose(0, 1))
+    assert torch.equal(z[0, :, 3:], torch.from_numpy(c2[0]).transpose(0, 1))
+
+
+def test_npy_stream_is_read_as_it_arrives():
+    """The first array is yielded while the producer has not even written the second one."""
+    r, w = os.pipe()
+    second_written = threading.Event()
+    first_seen = threading.Event()
+
+    def produce():
+        with os.fdopen(w, "wb") as fp:
+            fp.write(npy_bytes(np.ones((16, 2, 2), np.float32)))  # np.save(pipe) needs ftell; bytes do not
+            fp.flush()
+            first_seen.wait(10)
+            second_written.set()
+            fp.write(npy_bytes(np.zeros((16, 2, 2), np.float32)))
+
+    threading.Thread(target=produce, daemon=True).start()
+    with os.fdopen(r, "rb") as fp:
+        arrays = iter_npy_stream(fp)
+        first = next(arrays)
+        assert not second_written.is_set() and first.sum() == 64
+        first_seen.set()
+        assert [a.sum() for a in arrays] == [0]
+
+
+def test_safetensors_on_stdin():
+    z = torch.randn(1, 16, 2, 4, 4)
+    lat = open_latents("-", stdin=io.BytesIO(save({"latents": z}, metadata={"latent_space": "wan2.1"})))
+    assert lat.metadata["latent_space"] == "wan2.1" and torch.equal(all_chunks(lat), z)
+
+
+def test_stream_errors():
+    with pytest.raises(FlashdecodeError, match="stdin is empty"):
+        open_latents("-", stdin=io.BytesIO(b""))
+    with pytest.raises(FlashdecodeError, match="neither NPY arrays"):
+        open_latents("-", stdin=io.BytesIO(b"hello world, not latents"))
+    a = np.zeros((16, 4, 4), np.float32)
+    lat = open_latents("-", stdin=io.BytesIO(npy_bytes(a, a)[:-7]))
+    with pytest.raises(FlashdecodeError, match="stdin array 1 is truncated"):
+        list(lat.chunks)
+    lat = open_latents("-", stdin=io.BytesIO(npy_bytes(a, np.zeros((16, 4, 8), np.float32))))
+    with pytest.raises(FlashdecodeError, match="array 1 has shape \\[16, 4, 8\\].*grid 4x4"):
+        list(lat.chunks)
+    bad = a.copy()
+    bad[3, 1, 1] = np.inf
+    lat = open_latents("-", stdin=io.BytesIO(npy_bytes(a, a, bad)))
+    with pytest.raises(FlashdecodeError, match="array 2 contains 0 NaN and 1 Inf.*channel 3, latent frame 2"):
+        list(lat.chunks)
