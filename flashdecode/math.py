@@ -21,12 +21,15 @@ def rope_3d(t: torch.Tensor, h: torch.Tensor, w: torch.Tensor, axes=(24, 20, 20)
     return torch.cat([rope_angles(p, d, theta) for p, d in zip((t, h, w), axes)], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of `x` [..., L, D] by `angles` [L, D/2] (broadcast over leading dims)."""
-    x2 = x.float().unflatten(-1, (-1, 2))
-    cos, sin = angles.cos(), angles.sin()
-    out = torch.stack((x2[..., 0] * cos - x2[..., 1] * sin, x2[..., 0] * sin + x2[..., 1] * cos), dim=-1)
-    return out.flatten(-2).type_as(x)
+def rope_cis(angles: torch.Tensor) -> torch.Tensor:
+    """Angles -> unit complex rotations e^{i*angle}, computed once per grid, not per layer."""
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rope(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of `x` [..., L, D] by complex `cis` [L, D/2] (broadcast over leading dims)."""
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(xc * cis).flatten(-2).type_as(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .latent_spaces import get_latent_space
-from .math import apply_rope, attention, rope_3d, rope_angles
+from .math import apply_rope, attention, rope_3d, rope_angles, rope_cis
 
 # name: (depth, width, heads, kv heads). s/b/l/xl reproduce the paper's 56.8/161.7/348.0/769.3 M.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -128,16 +128,16 @@ class Block(nn.Module):
         self.mlp = SwiGLU(c.dim, 4 * c.dim)
         self.grad_checkpoint = False
 
-    def forward(self, x, q_angles, k_angles, mask=None, cache: KVCache | None = None, index=None, backend="sdpa"):
+    def forward(self, x, q_rope, k_rope, mask=None, cache: KVCache | None = None, index=None, backend="sdpa"):
         q, k, v = self.attn.project(self.attn_norm(x))
         if cache is not None:
             k, v = cache.update(index, k, v)
         if self.grad_checkpoint and torch.is_grad_enabled():
-            return checkpoint(self._finish, x, q, k, v, q_angles, k_angles, mask, backend, use_reentrant=False)
-        return self._finish(x, q, k, v, q_angles, k_angles, mask, backend)
+            return checkpoint(self._finish, x, q, k, v, q_rope, k_rope, mask, backend, use_reentrant=False)
+        return self._finish(x, q, k, v, q_rope, k_rope, mask, backend)
 
-    def _finish(self, x, q, k, v, q_angles, k_angles, mask, backend):
-        out = attention(apply_rope(q, q_angles), apply_rope(k, k_angles), v, mask, backend)
+    def _finish(self, x, q, k, v, q_rope, k_rope, mask, backend):
+        out = attention(apply_rope(q, q_rope), apply_rope(k, k_rope), v, mask, backend)
         x = x + self.attn.wo(out.transpose(1, 2).flatten(2))
         return x + self.mlp(self.mlp_norm(x))
 
@@ -169,19 +169,19 @@ class FlashDecoder(nn.Module):
         z = z.reshape(B, C, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (h // p) * (w // p), C * p * p)
         return self.embed(z)
 
-    def grid_angles(self, gh: int, gw: int, t: torch.Tensor, device) -> torch.Tensor:
-        """3D RoPE angles for frames at time positions t [F]: [F*gh*gw, 32], frame-major."""
+    def grid_rope(self, gh: int, gw: int, t: torch.Tensor, device) -> torch.Tensor:
+        """3D RoPE rotations for frames at time positions t [F]: complex [F*gh*gw, 32], frame-major."""
         tt, hh, ww = torch.meshgrid(t.to(device), torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
-        return rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta)
+        return rope_cis(rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta))
 
     def render(self, x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
         """Backbone tokens [F, N, d] -> pixels [F, 3, 4, 16gh, 16gw]: upsample in time, refine, spatial head."""
         c = self.config
         Fr, N, d = x.shape
         x = self.time_up(x).reshape(Fr * N, c.time_up, d)  # each token -> its 4 sub-frames
-        angles = rope_angles(torch.arange(c.time_up, device=x.device), c.head_dim, c.rope_theta)
+        rope = rope_cis(rope_angles(torch.arange(c.time_up, device=x.device), c.head_dim, c.rope_theta))
         for blk in self.refine:
-            x = blk(x, angles, angles, backend=self.backend)
+            x = blk(x, rope, rope, backend=self.backend)
         px = self.head(x).reshape(Fr, gh, gw, c.time_up, -1).permute(0, 3, 4, 1, 2)  # [F, 4, 768, gh, gw]
         px = F.pixel_shuffle(px.reshape(Fr * c.time_up, -1, gh, gw), c.pixel_patch)
         return px.unflatten(0, (Fr, c.time_up)).transpose(1, 2)
@@ -197,10 +197,10 @@ class FlashDecoder(nn.Module):
         self.caches = nn.ModuleList(KVCache(batch, c.kv_heads, slots, N, c.head_dim, dtype, device) for _ in self.blocks)
         self.grid, self.batch = (gh, gw), batch
         # Queries sit at time position W; a cached frame of age a at W - a. For each possible current slot,
-        # the angles of the whole buffer in slot order, so a step only indexes a table.
-        self.q_angles = self.grid_angles(gh, gw, torch.tensor([c.window]), device)
+        # rotations of the whole buffer in slot order, so a step only indexes a table.
+        self.q_rope = self.grid_rope(gh, gw, torch.tensor([c.window]), device)
         ages = (torch.arange(slots)[:, None] - torch.arange(slots)[None, :]) % slots  # [current slot, slot]
-        self.k_angles = torch.stack([self.grid_angles(gh, gw, c.window - ages[s], device) for s in range(slots)])
+        self.k_rope = torch.stack([self.grid_rope(gh, gw, c.window - ages[s], device) for s in range(slots)])
         self.ages = ages.repeat_interleave(N, dim=1).to(device)  # [current slot, (W+1)*N]
         self.reset(start_index)
 
@@ -222,7 +222,7 @@ class FlashDecoder(nn.Module):
         mask = None if self.frames_seen >= c.window else (self.ages[slot] <= self.frames_seen)[None]
         x = self.tokens(z)
         for blk, cache in zip(self.blocks, self.caches):
-            x = blk(x, self.q_angles, self.k_angles[slot], mask, cache, index, self.backend)
+            x = blk(x, self.q_rope, self.k_rope[slot], mask, cache, index, self.backend)
         px = self.render(x, gh, gw)
         if self.frames_seen == 0:  # the lone first latent frame makes one pixel frame: the last sub-frame
             px = px[:, :, -1:]
@@ -246,12 +246,12 @@ class FlashDecoder(nn.Module):
         gh, gw = h // c.patch, w // c.patch
         N = gh * gw
         x = self.tokens(z.transpose(1, 2).reshape(B * T, C, h, w)).reshape(B, T * N, c.dim)
-        angles = self.grid_angles(gh, gw, torch.arange(T), z.device)
+        rope = self.grid_rope(gh, gw, torch.arange(T), z.device)
         frame = torch.arange(T, device=z.device).repeat_interleave(N)
         lag = frame[:, None] - frame[None, :]
         mask = (lag >= 0) & (lag <= c.window)  # block-causal sliding window over latent frames
         for blk in self.blocks:
-            x = blk(x, angles, angles, mask, backend=self.backend)
+            x = blk(x, rope, rope, mask, backend=self.backend)
         px = self.render(x.reshape(B * T, N, c.dim), gh, gw).unflatten(0, (B, T))  # [B, T, 3, 4, H, W]
         px = px.permute(0, 2, 1, 3, 4, 5).flatten(2, 3)  # [B, 3, 4T, H, W]
         return px[:, :, c.time_up - 1 :]  # first latent frame keeps only its last sub-frame

@@ -65,7 +65,7 @@ def bench(
                                 weights=weights, baseline_size=baseline_size, threads=threads)
 
     err = Console(stderr=True)
-    rows = harness.Bench(cases, timeout=timeout, json_path=json_path).run(progress=lambda m: err.print(m, highlight=False))
+    rows = harness.Bench(cases, timeout=timeout, json_path=json_path).run(progress=lambda m: err.print(m, highlight=False, soft_wrap=True))
     out = Console()
     if not out.is_terminal:  # a file or a pipe: do not squeeze the table into 80 columns
         out = Console(width=200)

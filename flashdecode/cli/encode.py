@@ -135,7 +135,7 @@ def encode(
                 "source": str(video), "fps": f"{info.fps:g}", "frames": str(n), "start": str(start),
                 "size": f"{target[0]}x{target[1]}", "teacher": enc.name})
     if not quiet:
-        print(f"encoded {n} frames of {video} at {target[0]}x{target[1]} with {enc.name} -> {enc.latent_space.name} "
+        print(f"encoded {n} frames of {video} at {target[0]}x{target[1]} (HxW) with {enc.name} -> {enc.latent_space.name} "
               f"latents {shape} {dtype} -> {'stdout' if output == '-' else output}", file=sys.stderr)
 
 
