@@ -453,16 +453,19 @@ def render_table(rows: list[dict]):
     table = Table(title=f"flashdecode bench ({', '.join(devices)})", title_justify="left")
     for col in ("decoder", "res", "frames (latent)", "params", "GFLOP/frame", "1st frame", "ms/latent frame\nmedian | p90",
                 "FPS", "TFLOP/s", "peak mem\n(before decode)", "speed-up", "less mem"):
-        table.add_column(col, justify="left" if col in ("decoder", "res") else "right")
+        table.add_column(col, justify="left" if col in ("decoder", "res") else "right", no_wrap=col == "decoder")
     if lengths:
         table.add_column("peak vs\nshortest", justify="right")
+    notes = []
     for r in rows:
         why = r.get("error") or r.get("skipped")
         base = r["kind"] == "baseline"
         cells = [display_name(r) + (" (random weights)" if r["random_weights"] else ""), r["res"],
                  f"{r['frames']} ({r['latent_frames']})"]
         if why:
-            cells += [f"[red]{why}[/red]" if r.get("error") else f"[yellow]{why}[/yellow]"] + [""] * 8
+            notes.append(f"[{len(notes) + 1}] {cells[0]}, {r['res']}, {r['latent_frames']} latent frames: {why}")
+            label = "failed" if r.get("error") else "skipped"
+            cells += [f"[{'red' if r.get('error') else 'yellow'}]{label} [{len(notes)}][/]"] + [""] * 8
         else:
             cells += [f"{r['params'] / 1e6:.1f} M", _num(r["flops_per_frame"] and r["flops_per_frame"] / 1e9, ",.1f"),
                       f"{r['ttff_ms']:,.0f} ms", f"{r['ms_per_latent_frame']:,.1f} | {r['ms_per_latent_frame_p90']:,.1f}",
@@ -473,7 +476,6 @@ def render_table(rows: list[dict]):
         if lengths:
             cells.append(_num(r.get("mem_vs_shortest"), ".3f"))
         table.add_row(*cells)
-    notes = []
     if any(r["random_weights"] for r in rows):
         notes.append("random weights: speed and memory do not depend on the weight values.")
     if any(r["kind"] == "baseline" for r in rows):

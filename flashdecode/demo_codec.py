@@ -252,7 +252,7 @@ def fit_pca_teacher(clips: Iterable[torch.Tensor], components: int = 48, patch: 
     return PCATeacher(*first.pca(components), *group.pca(components), patch=patch, metadata=meta)
 
 
-def evaluate(teacher, clips: Iterable[tuple[str, torch.Tensor]]) -> list[dict]:
+def baseline_quality(teacher, clips: Iterable[tuple[str, torch.Tensor]]) -> list[dict]:
     """PSNR/SSIM of the teacher's own round trip (encode -> linear decode) on named clips [3, T, H, W]."""
     from .metrics import psnr, ssim
 
@@ -288,7 +288,7 @@ def fit_demo_teacher(sources: Sequence, holdout: Sequence[str] = (), eval_source
         "fit": {"clips": per_size * len(sizes), "frames": frames, "sizes": [list(s) for s in sizes], "seed": seed},
         "date": datetime.date.today().isoformat(), **({"credits": credits} if credits else {})})
     log(f"fitted on {teacher.metadata['clips_seen']} clips, {teacher.metadata['patches']} patches in {time.time() - t0:.1f} s")
-    report = evaluate(teacher, eval_clips(list(eval_sources), size=(256, 256))) if eval_sources else []
+    report = baseline_quality(teacher, eval_clips(list(eval_sources), size=(256, 256))) if eval_sources else []
     for row in report:
         log(f"held-out {row['clip']} {row['size'][0]}x{row['size'][1]} {row['frames']} frames: "
             f"PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}")
@@ -299,5 +299,5 @@ def fit_demo_teacher(sources: Sequence, holdout: Sequence[str] = (), eval_source
     return teacher, report
 
 
-__all__ = ["PCATeacher", "patchify", "unpatchify", "Moments", "fit_pca_teacher", "evaluate", "fit_demo_teacher",
+__all__ = ["PCATeacher", "patchify", "unpatchify", "Moments", "fit_pca_teacher", "baseline_quality", "fit_demo_teacher",
            "default_path", "FORMAT", "DEFAULT_NAME"]

@@ -8,6 +8,7 @@ and for evaluation (`eval_clips`).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -63,48 +64,31 @@ def probe(path) -> VideoInfo:
 
 def iter_frames(path, start: int = 0, count: int | None = None) -> Iterator[np.ndarray]:
     """Decode frames start .. start+count-1 (all to the end when count is None) as uint8 [H, W, 3] RGB."""
-    if count is not None and count <= 0:
-        return
+    return itertools.islice(_frames_from(path, start), max(count, 0) if count is not None else None)
+
+
+def _frames_from(path, start: int) -> Iterator[np.ndarray]:
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = stream.average_rate or stream.guessed_rate
-        first_pts = stream.start_time or 0
-        seekable = start > 0 and rate and stream.time_base
-        if seekable:
-            # Land on the keyframe at or before the first wanted frame; frame index = time * fps.
-            target = first_pts + int(start / Fraction(rate) / stream.time_base)
-            container.seek(target, stream=stream, backward=True)
+        rate, base, t0 = stream.average_rate or stream.guessed_rate, stream.time_base, stream.start_time or 0
         index = 0
-        yielded = 0
-        for frame in container.decode(stream):
-            if seekable:
-                if frame.pts is None:  # no timestamps: give up seeking, decode from the start
-                    yield from _iter_from_zero(path, start, count)
-                    return
-                index = round(float((frame.pts - first_pts) * stream.time_base * rate))
-                if index > start and yielded == 0:  # seek overshot (odd index); decode from the start
-                    yield from _iter_from_zero(path, start, count)
-                    return
+        if start > 0 and rate and base:
+            # Jump to the keyframe at or before `start`; the landing frame's timestamp gives its index (time * fps).
+            container.seek(t0 + int(start / Fraction(rate) / base), stream=stream, backward=True)
+            frames = container.decode(stream)
+            first = next(frames, None)
+            index = round(float((first.pts - t0) * base * rate)) if first is not None and first.pts is not None else -1
+            if not 0 <= index <= start:  # no timestamps, or the seek overshot: count frames from the start instead
+                yield from itertools.islice(_frames_from(path, 0), start, None)
+                return
+            frames = itertools.chain([first], frames)
+        else:
+            frames = container.decode(stream)
+        for frame in frames:
             if index >= start:
                 yield frame.to_ndarray(format="rgb24")
-                yielded += 1
-                if count is not None and yielded >= count:
-                    return
             index += 1
-
-
-def _iter_from_zero(path, start, count):
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        yielded = 0
-        for index, frame in enumerate(container.decode(stream)):
-            if index >= start:
-                yield frame.to_ndarray(format="rgb24")
-                yielded += 1
-                if count is not None and yielded >= count:
-                    return
 
 
 def read_frames(path, start: int = 0, count: int | None = None) -> torch.Tensor:

@@ -100,7 +100,7 @@ def encode(
     if start < 0:
         raise FlashdecodeError(f"--start {start} is negative; frames count from 0")
     if teacher not in ("wan2.1", "wan2.2") and vae is not None:
-        raise FlashdecodeError(f"--vae is for --teacher wan2.1/wan2.2; for the demo teacher use --teacher-weights")
+        raise FlashdecodeError("--vae is for --teacher wan2.1/wan2.2; for the demo teacher use --teacher-weights")
     target = parse_size(size)
     info = probe(video)  # missing file / not a video: a clear error before any model loads
     target = target or round_down_16(info.height, info.width)
