@@ -1,11 +1,16 @@
 """The bundled demo codec: a frozen linear teacher (PCA of 16x16 pixel patches) and its exact linear inverse.
 
-It gives Wan2.2's shape contract without Wan weights: 48 channels, /16 in space, /4 causal in time. The lone
-first frame's 16x16 patch (3*16*16 = 768 values) is projected on one PCA basis, every later group of 4 frames'
-patch (3*4*16*16 = 3072 values) on another; each of the 48 coefficients is divided by its standard deviation on
-the fitting data, so latents are per-channel mean 0, variance 1 ("demo" latent space, already normalized).
-The inverse (`decode`) is the baseline a learned decoder must beat. Patch vectors are ordered
-(channel, frame, row, col).
+It gives Wan2.2's shape contract without Wan weights: 48 channels, /16 in space, /4 causal in time. Every
+group of 4 frames' 16x16 patch (3*4*16*16 = 3072 values) is projected on a 48-component PCA basis, each
+coefficient divided by its standard deviation on the fitting data, so latents are per-channel mean 0,
+variance 1 ("demo" latent space, already normalized).
+
+The lone first frame (768 values) has its own basis: the group decoder's last sub-frame (768 x 48), with a
+ridge least-squares encoder. A separately fitted first-frame PCA would reconstruct it ~1-2 dB better, but a
+decoder cannot tell a first latent frame from a later one (both are 48 unit-variance numbers per cell), so it
+could not know which basis to invert; tied to the last sub-frame, the first frame decodes exactly as
+FlashDecoder's first-frame rule says: make 4 sub-frames as usual and keep the last. The inverse (`decode`)
+is the baseline a learned decoder must beat. Patch vectors are ordered (channel, frame, row, col).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from .latent_spaces import get_latent_space
 FORMAT = "flashdecode-pca-teacher"  # not "flashdecode": decoder weight searches skip this file
 DEFAULT_NAME = "demo-pca-teacher.safetensors"
 GROUP = 4  # pixel frames per later latent frame
+RIDGE = 1e-3  # first-frame encoder: ridge weight relative to the mean eigenvalue; keeps its latents at unit scale
 
 
 def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
@@ -46,20 +52,23 @@ class PCATeacher(torch.nn.Module):
 
     name = "demo-pca"
 
-    def __init__(self, first_mean, first_basis, first_std, group_mean, group_basis, group_std,
-                 patch: int = 16, metadata: dict | None = None):
+    def __init__(self, group_mean, group_basis, group_std, patch: int = 16, metadata: dict | None = None):
         super().__init__()
         # basis rows are orthonormal principal directions; std is each coefficient's spread on the fit data.
-        for key, value in dict(first_mean=first_mean, first_basis=first_basis, first_std=first_std,
-                               group_mean=group_mean, group_basis=group_basis, group_std=group_std).items():
-            self.register_buffer(key, value.float().contiguous())
         self.patch = patch
+        for key, value in dict(group_mean=group_mean, group_basis=group_basis, group_std=group_std).items():
+            self.register_buffer(key, value.float().contiguous())
+        # The first frame's basis: the last sub-frame of the group decoder, with a ridge encoder.
+        D, m = self.sub_frame_decoder()
+        gram = D[-1].T @ D[-1]
+        ridge = RIDGE * gram.trace() / gram.shape[0] * torch.eye(gram.shape[0])
+        self.register_buffer("first_encoder", torch.linalg.solve(gram + ridge, D[-1].T), persistent=False)
         self.metadata = dict(metadata or {})
         self.latent_space = get_latent_space("demo")
 
     @property
     def channels(self) -> int:
-        return self.first_basis.shape[0]
+        return self.group_basis.shape[0]
 
     @property
     def spatial(self) -> int:
@@ -77,7 +86,9 @@ class PCATeacher(torch.nn.Module):
 
     def encode_first(self, frame: torch.Tensor) -> torch.Tensor:
         """The first frame [B, 3, 1, H, W] -> latent frame [B, C, h, w]."""
-        return self._project(frame, self.first_mean, self.first_basis, self.first_std)
+        D, m = self.sub_frame_decoder()
+        v = patchify(frame.to(m), self.patch) - m[-1]
+        return (v @ self.first_encoder.T).permute(0, 3, 1, 2)
 
     def encode_group(self, frames: torch.Tensor) -> torch.Tensor:
         """A later group of 4 frames [B, 3, 4, H, W] -> latent frame [B, C, h, w]."""
@@ -106,15 +117,20 @@ class PCATeacher(torch.nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalized latents [B, C, L, h, w] -> pixels [B, 3, 1+4(L-1), 16h, 16w] in [-1, 1] (the linear inverse)."""
+        """Normalized latents [B, C, L, h, w] -> pixels [B, 3, 1+4(L-1), 16h, 16w] in [-1, 1] (the linear inverse):
+        every latent frame makes 4 sub-frames, the first keeps only its last."""
         b, c, length, h, w = latents.shape
-        first = self._reconstruct(latents[:, :, 0], self.first_mean, self.first_basis, self.first_std, 1)
-        if length == 1:
-            return first.clamp(-1, 1)
-        z = latents[:, :, 1:].transpose(1, 2).reshape(-1, c, h, w)
-        rest = self._reconstruct(z, self.group_mean, self.group_basis, self.group_std, GROUP)
-        rest = rest.reshape(b, length - 1, 3, GROUP, *rest.shape[-2:]).permute(0, 2, 1, 3, 4, 5).flatten(2, 3)
-        return torch.cat([first, rest], dim=2).clamp(-1, 1)
+        z = latents.transpose(1, 2).reshape(-1, c, h, w)
+        px = self._reconstruct(z, self.group_mean, self.group_basis, self.group_std, GROUP)  # [B*L, 3, 4, H, W]
+        px = px.reshape(b, length, 3, GROUP, *px.shape[-2:]).permute(0, 2, 1, 3, 4, 5).flatten(2, 3)
+        return px[:, :, GROUP - 1 :].clamp(-1, 1)
+
+    def sub_frame_decoder(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(D [4, 768, C], m [4, 768]): sub-frame j of a latent frame is D[j] @ z + m[j] per patch, in
+        (channel, row, col) order. The whole codec in two tensors; `linear_init` builds a FlashDecoder from it."""
+        c, n = self.channels, 3 * self.patch**2
+        D = (self.group_std[:, None] * self.group_basis).T.reshape(3, GROUP, n // 3, c).transpose(0, 1)
+        return D.reshape(GROUP, n, c), self.group_mean.reshape(3, GROUP, n // 3).transpose(0, 1).reshape(GROUP, n)
 
     # ------------------------------------------------------------------ files
 
@@ -228,28 +244,25 @@ def fit_pca_teacher(clips: Iterable[torch.Tensor], components: int = 48, patch: 
                     patches_per_clip: int = 256, seed: int = 0, metadata: dict | None = None) -> PCATeacher:
     """Fit the two bases on clips [3, 4k+1, H, W] in [-1, 1] (k >= 1).
 
-    The first-frame basis sees single-frame patches from every frame (the first frame of a video is just an
-    image); the group basis sees every aligned 4-frame group. `patches_per_clip` random patches of each kind
-    per clip keep the covariance cheap while many clips keep it diverse.
+    The basis sees every aligned 4-frame group (the first frame's basis derives from it, see PCATeacher).
+    `patches_per_clip` random patches per clip keep the covariance cheap while many clips keep it diverse.
     """
-    first, group = Moments(3 * patch * patch), Moments(3 * GROUP * patch * patch)
+    group = Moments(3 * GROUP * patch * patch)
     g = torch.Generator().manual_seed(seed)
     sample = lambda v: v[torch.randperm(v.shape[0], generator=g)[:patches_per_clip]]  # noqa: E731
     count = 0
     for clip in clips:
         _check_pixels(clip.unsqueeze(0), patch)
         c, t, h, w = clip.shape
-        frames = clip.transpose(0, 1).unsqueeze(2)  # [T, 3, 1, H, W]: every frame on its own
-        first.add(sample(patchify(frames, patch).reshape(-1, first.sum.numel())))
         if t > 1:
             groups = clip[:, 1:].reshape(c, (t - 1) // GROUP, GROUP, h, w).transpose(0, 1)  # [k, 3, 4, H, W]
             group.add(sample(patchify(groups, patch).reshape(-1, group.sum.numel())))
         count += 1
-    first._flush(), group._flush()
-    if group.n < components or first.n < components:
-        raise ValueError(f"{first.n} single-frame and {group.n} group patches are too few for {components} components")
-    meta = {"clips_seen": count, "patches": {"first": first.n, "group": group.n}, **(metadata or {})}
-    return PCATeacher(*first.pca(components), *group.pca(components), patch=patch, metadata=meta)
+    group._flush()
+    if group.n < components:
+        raise ValueError(f"{group.n} group patches are too few for {components} components")
+    meta = {"clips_seen": count, "patches": group.n, **(metadata or {})}
+    return PCATeacher(*group.pca(components), patch=patch, metadata=meta)
 
 
 def baseline_quality(teacher, clips: Iterable[tuple[str, torch.Tensor]]) -> list[dict]:

@@ -21,7 +21,7 @@ def teacher_file(tmp_path_factory):
     """A random orthonormal demo teacher, so the test does not depend on the bundled weights."""
     g = torch.Generator().manual_seed(0)
     basis = lambda d: torch.linalg.qr(torch.randn(d, 48, generator=g))[0].T  # noqa: E731
-    teacher = PCATeacher(torch.zeros(768), basis(768), torch.ones(48), torch.zeros(3072), basis(3072), torch.ones(48))
+    teacher = PCATeacher(torch.zeros(3072), basis(3072), torch.ones(48))
     return teacher.save(tmp_path_factory.mktemp("teacher") / "pca.safetensors")
 
 

@@ -17,7 +17,7 @@ class CountingTeacher(PCATeacher):
     def __init__(self):
         g = torch.Generator().manual_seed(0)
         basis = lambda d: torch.linalg.qr(torch.randn(d, 48, generator=g))[0].T  # noqa: E731
-        super().__init__(torch.zeros(768), basis(768), torch.ones(48), torch.zeros(3072), basis(3072), torch.ones(48))
+        super().__init__(torch.zeros(3072), basis(3072), torch.ones(48))
         self.calls = 0
 
     def encode(self, pixels):

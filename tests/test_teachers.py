@@ -89,7 +89,10 @@ def test_pca_is_exact_on_data_it_spans():
     for c in clips[:2]:
         z = teacher.encode(c[None])
         assert z.shape == (1, 48, 3, 4, 4)
-        assert torch.allclose(teacher.decode(z), c[None], atol=1e-4)
+        decoded = teacher.decode(z)
+        assert torch.allclose(decoded[:, :, 1:], c[None, :, 1:], atol=1e-4)  # groups: exact
+        # The first frame (in the last sub-frame's span here) through the ridge encoder: close, not exact.
+        assert (decoded[:, :, 0] - c[None, :, 0]).abs().max() < 0.05 * c[:, 0].abs().max()
     z = torch.cat([teacher.encode(c[None]) for c in clips])
     assert z.mean().abs() < 0.05 and z.std().item() == pytest.approx(1, abs=0.1)  # per-channel normalized
 
