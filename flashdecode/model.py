@@ -66,19 +66,18 @@ class ModelConfig:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-class KVCache(nn.Module):
+class KVCache:
     """One ring buffer of W+1 latent frames' keys and values, [B, kv, (W+1)*N, head_dim], written in place.
 
     Keys are stored before RoPE: each step rotates them by their age in the window, so positions stay
     bounded however long the video is. With grad enabled (training) the update is out of place, so each
-    step's buffer stays intact for backward.
+    step's buffer stays intact for backward. Not module state: never saved, averaged or synced.
     """
 
     def __init__(self, batch: int, kv_heads: int, slots: int, tokens: int, head_dim: int, dtype, device):
-        super().__init__()
         shape = (batch, kv_heads, slots * tokens, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
 
     def update(self, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # autocast may hand bf16 to a float32 buffer
@@ -158,7 +157,7 @@ class FlashDecoder(nn.Module):
             nn.Linear(c.dim, 3 * c.pixel_patch**2),
         )
         self.backend = "sdpa"
-        self.caches: nn.ModuleList | None = None
+        self.caches: list[KVCache] | None = None
 
     # -- shared pieces -------------------------------------------------------------------------------
 
@@ -194,7 +193,7 @@ class FlashDecoder(nn.Module):
         p = next(self.parameters())
         dtype, device = dtype or p.dtype, device or p.device
         N, slots = gh * gw, c.window + 1
-        self.caches = nn.ModuleList(KVCache(batch, c.kv_heads, slots, N, c.head_dim, dtype, device) for _ in self.blocks)
+        self.caches = [KVCache(batch, c.kv_heads, slots, N, c.head_dim, dtype, device) for _ in self.blocks]
         self.grid, self.batch = (gh, gw), batch
         # Queries sit at time position W; a cached frame of age a at W - a. For each possible current slot,
         # rotations of the whole buffer in slot order, so a step only indexes a table.

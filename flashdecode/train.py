@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
     from .video_data import VideoClips, eval_clips
 
     rank, world, device = setup_distributed(cfg.device)
-    console = console or Console(stderr=True, quiet=rank != 0)
+    console = console or Console(stderr=True, quiet=rank != 0, log_path=False)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + rank)
 
@@ -112,13 +112,10 @@ def train(cfg: TrainConfig, console=None) -> Path:
     space = teacher.latent_space.name
     clips = VideoClips(cfg.data, frames=cfg.frames, size=tuple(cfg.size), num_clips=cfg.clips, seed=cfg.seed,
                        holdout=cfg.holdout)
-    cache_dir = out / "latent-cache"
-    if rank == 0:  # encode once; the other ranks wait, then read the same shards
-        dataset = LatentCache(clips, teacher, cache_dir, console=console)
+    dataset = LatentCache(clips, teacher, out / "latent-cache", console=console)
+    dataset.build(rank, world)  # encode once (shards split across ranks); later epochs and runs read the cache
     if world > 1:
         dist.barrier()
-    if rank != 0:
-        dataset = LatentCache(clips, teacher, cache_dir)
 
     model = build_model(ModelConfig.build(cfg.model, space), device, seed=cfg.seed)
     if cfg.init == "teacher":
@@ -197,7 +194,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
                 eta = (cfg.steps - step) / rate if rate else float("nan")
                 console.log(f"step {step}/{cfg.steps}  loss {l:.4f}  train PSNR {p:.2f} dB  "
                             f"{rate:.2f} steps/s  lr {sched.get_last_lr()[0]:.2e}  ETA {eta / 60:.1f} min")
-            if step % cfg.eval_every == 0 and rank == 0:
+            if step % cfg.eval_every == 0 and step < cfg.steps and rank == 0:
                 metrics = evaluate_ema() if eval_set else {}
                 if metrics:
                     console.log(f"eval @ {step}: PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f} (EMA)")

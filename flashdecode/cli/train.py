@@ -45,7 +45,8 @@ def train(
     ema: float = typer.Option(0.999, help="EMA decay of the saved weights."),
     ssim_weight: float = typer.Option(0.2, help="Weight of the (1 - SSIM) term beside L1."),
     eval_every: int = typer.Option(200, help="Evaluate the EMA weights and save a checkpoint every N steps."),
-    holdout: list[str] = typer.Option([], help="Files or 'file:start-end' ranges kept out of training (evaluated)."),
+    log_every: int = typer.Option(10, help="Log loss, PSNR and speed every N steps."),
+    holdout: list[str] = typer.Option([], help="Video paths or 'path:start-end' ranges kept out of training (and evaluated)."),
     eval_data: list[str] = typer.Option([], help="Evaluation clips (default: the holdout)."),
     eval_frames: int = typer.Option(25, help="Frames of each evaluation clip (4k+1)."),
     grad_checkpoint: bool = typer.Option(True, help="Recompute attention/MLP activations in backward."),
@@ -59,7 +60,7 @@ def train(
 
     cfg = TrainConfig(data=list(data), out=str(out), teacher=teacher, vae=vae, model=model, size=parse_size(size),
                       frames=frames, clips=clips, batch=batch, steps=steps, minutes=minutes, lr=lr, warmup=warmup,
-                      weight_decay=weight_decay, ema=ema, ssim_weight=ssim_weight, eval_every=eval_every,
+                      weight_decay=weight_decay, ema=ema, ssim_weight=ssim_weight, eval_every=eval_every, log_every=log_every,
                       holdout=list(holdout), eval_data=list(eval_data), eval_frames=eval_frames,
                       grad_checkpoint=grad_checkpoint, init=init, resume=resume, seed=seed, device=device)
     run(cfg)
