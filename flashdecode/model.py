@@ -234,7 +234,9 @@ class FlashDecoder(nn.Module):
         (unclamped). Each step's cache update is out of place, so gradients flow through the window."""
         B, C, T, h, w = z.shape
         self.setup_caches(B, h // self.config.patch, w // self.config.patch, dtype=z.dtype, device=z.device)
-        return torch.cat([self.step(z[:, :, t]) for t in range(T)], dim=2)
+        px = torch.cat([self.step(z[:, :, t]) for t in range(T)], dim=2)
+        self.caches = None  # they hold this clip's graph; the next clip starts fresh anyway
+        return px
 
     # -- whole-sequence reference --------------------------------------------------------------------
 

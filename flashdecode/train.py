@@ -46,6 +46,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     ema: float = 0.999
     grad_clip: float = 1.0
+    pixel_loss: str = "l1"  # l1 | mse (mse targets PSNR directly)
     ssim_weight: float = 0.2
     eval_every: int = 200
     log_every: int = 10
@@ -79,9 +80,9 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float) -> torch.Tensor:
-    """L1 plus a structural term; both on [B, 3, T, H, W] in [-1, 1]."""
-    l1 = F.l1_loss(pred, target)
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float, pixel: str = "l1") -> torch.Tensor:
+    """L1 (or MSE) plus a structural term; both on [B, 3, T, H, W] in [-1, 1]."""
+    l1 = F.l1_loss(pred, target) if pixel == "l1" else F.mse_loss(pred, target)
     if not ssim_weight:
         return l1
     frames = lambda x: ((x.float().clamp(-1, 1) + 1) / 2).transpose(1, 2).flatten(0, 2)[:, None]  # noqa: E731
@@ -176,7 +177,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
             pixels, latents = pixels.to(device, non_blocking=True), latents.to(device, non_blocking=True)
             with autocast:
                 pred = net(latents)
-                loss = reconstruction_loss(pred, pixels, cfg.ssim_weight)
+                loss = reconstruction_loss(pred, pixels, cfg.ssim_weight, cfg.pixel_loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -43,7 +43,8 @@ def train(
     warmup: int = typer.Option(100),
     weight_decay: float = typer.Option(0.01),
     ema: float = typer.Option(0.999, help="EMA decay of the saved weights."),
-    ssim_weight: float = typer.Option(0.2, help="Weight of the (1 - SSIM) term beside L1."),
+    pixel_loss: str = typer.Option("l1", help="Pixel term: l1, or mse (aims at PSNR)."),
+    ssim_weight: float = typer.Option(0.2, help="Weight of the (1 - SSIM) term beside the pixel term."),
     eval_every: int = typer.Option(200, help="Evaluate the EMA weights and save a checkpoint every N steps."),
     log_every: int = typer.Option(10, help="Log loss, PSNR and speed every N steps."),
     holdout: list[str] = typer.Option([], help="Video paths or 'path:start-end' ranges kept out of training (and evaluated)."),
@@ -60,7 +61,7 @@ def train(
 
     cfg = TrainConfig(data=list(data), out=str(out), teacher=teacher, vae=vae, model=model, size=parse_size(size),
                       frames=frames, clips=clips, batch=batch, steps=steps, minutes=minutes, lr=lr, warmup=warmup,
-                      weight_decay=weight_decay, ema=ema, ssim_weight=ssim_weight, eval_every=eval_every, log_every=log_every,
+                      weight_decay=weight_decay, ema=ema, pixel_loss=pixel_loss, ssim_weight=ssim_weight, eval_every=eval_every, log_every=log_every,
                       holdout=list(holdout), eval_data=list(eval_data), eval_frames=eval_frames,
                       grad_checkpoint=grad_checkpoint, init=init, resume=resume, seed=seed, device=device)
     run(cfg)
