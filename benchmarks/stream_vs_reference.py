@@ -1,6 +1,6 @@
 """ms per latent frame of FlashDecoder-S on the CPU: streaming (ring-buffer KV cache) vs the masked reference.
 
-    .venv/bin/python benchmarks/stream_vs_reference.py [--res 128x128] [--latent-frames 8] [--repeat 5]
+    .venv/bin/python benchmarks/stream_vs_reference.py [--res 128x128] [--latent-frames 8] [--repeat 5] [--threads N]
 
 Both compute the same function (tests hold them equal); streaming does W+1 frames of attention per frame,
 the reference attends over the whole clip under a mask, so its cost per frame grows with the clip.
@@ -32,7 +32,10 @@ def main() -> None:
     ap.add_argument("--res", default="128x128", help="pixels, multiples of 16")
     ap.add_argument("--latent-frames", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     height, width = (int(v) for v in args.res.split("x"))
     decoder = flashdecode.load_decoder(args.model, "wan2.2", weights="random", device="cpu", dtype="float32")

@@ -86,7 +86,7 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32):
         if not (folder / "config.json").is_file():
             raise FlashdecodeError(f"{path} has no config.json (nor vae/config.json); pass a diffusers AutoencoderKLWan folder")
         try:
-            return cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype).eval()
+            return cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False).eval()
         except (OSError, ValueError, RuntimeError) as e:
             raise FlashdecodeError(f"cannot load the Wan VAE from {folder}: {str(e).splitlines()[0]}; "
                                    "check it is a complete diffusers AutoencoderKLWan folder") from None

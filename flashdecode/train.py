@@ -206,11 +206,11 @@ def train(cfg: TrainConfig, console=None) -> Path:
     if rank == 0:
         metrics = evaluate_ema() if eval_set else {}
         final = save(metrics)
+        window = max(1, min(cfg.log_every, len(history) // 2))  # mean of the first and of the last log window
+        mean = lambda rows, i: sum(r[i] for r in rows) / len(rows) if rows else None  # noqa: E731
         summary = {"steps": step, "seconds": time.time() - start, "eval": metrics,
-                   "train_loss_first": history[0][0] if history else None,
-                   "train_loss_last": sum(h[0] for h in history[-10:]) / max(1, len(history[-10:])),
-                   "train_psnr_first": history[0][1] if history else None,
-                   "train_psnr_last": sum(h[1] for h in history[-10:]) / max(1, len(history[-10:]))}
+                   "train_loss_first": mean(history[:window], 0), "train_loss_last": mean(history[-window:], 0),
+                   "train_psnr_first": mean(history[:window], 1), "train_psnr_last": mean(history[-window:], 1)}
     if world > 1:  # every rank reports a checksum of its weights: DDP keeps them identical
         sums = [None] * world
         dist.all_gather_object(sums, float(sum(p.double().sum() for p in model.parameters())))

@@ -77,13 +77,12 @@ def test_baseline_builders_decode_like_diffusers():
 
     assert sum(p.numel() for p in build_vae("wan2.2").parameters()) == 555_051_580  # DESIGN.md: 555.0 M
     assert sum(p.numel() for p in build_vae("wan2.1").parameters()) == 73_295_603  # 73.3 M
-    for name, channels in (("wan2.1", 16), ("wan2.2", 48)):
+    for name, channels, grid in (("wan2.1", 16, (4, 6)), ("wan2.2", 48, (2, 3))):  # /8 and /16
         base = load_baseline(name, "cpu", torch.float32, size="tiny")
-        h, w = base.latent_grid(32, 48)
-        assert base.latent_space.channels == channels
-        out = base.decode(torch.randn(1, channels, 3, h, w))
-        assert out.shape == (1, 3, 9, 32, 48) and out.abs().max() <= 1
-        assert base.flops(32, 48, 5) > base.flops(32, 48, 3) > 0
+        assert base.latent_space.channels == channels and base.latent_grid(32, 48) == grid
+        out = base.decode(torch.randn(1, channels, 2, *grid))
+        assert out.shape == (1, 3, 5, 32, 48) and out.abs().max() <= 1
+    assert base.flops(32, 48, 5) > base.flops(32, 48, 3) > 0
 
 
 def test_baselines_without_diffusers_name_the_extra(monkeypatch):
@@ -120,8 +119,8 @@ def test_gpu_script_runs_its_bench_path_on_cpu_at_tiny_sizes(tmp_path):
     script = REPO / "benchmarks" / "gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="fp32", MODELS="tiny", RES="32x32",
-               HIGH_RES="32x32", FRAMES="5", LENGTHS="1,2", LENGTH_MODELS="tiny", LENGTH_RES="16x16",
-               BENCH_ARGS="--baseline-size tiny --warmup 0", SKIP_INSTALL="1", SKIP_TESTS="1")
+               HIGH_RES="32x32", FRAMES="5", LENGTHS="2", LENGTH_MODELS="tiny", LENGTH_RES="16x16",
+               BENCH_ARGS="--baseline-size tiny --warmup 0", SKIP_INSTALL="1", SKIP_TESTS="1", NO_PLOT="1")
     proc = subprocess.run(["bash", str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "nvidia-smi" in (tmp_path / "nvidia-smi.txt").read_text() or (tmp_path / "nvidia-smi.txt").exists()
@@ -136,9 +135,7 @@ def test_gpu_script_runs_its_bench_path_on_cpu_at_tiny_sizes(tmp_path):
     fd = vs["rows"][1]
     assert fd["baseline"] == "wan2.2-conv" and fd["speedup_vs_baseline"] > 0 and fd["mem_ratio_vs_baseline"] > 0
 
-    lengths = json.loads((tmp_path / "bench_lengths.json").read_text())
-    assert [r["latent_frames"] for r in lengths["rows"]] == [1, 2]
-    assert lengths["rows"][1]["mem_vs_shortest"] > 0
+    assert json.loads((tmp_path / "bench_lengths.json").read_text())["rows"][0]["latent_frames"] == 2
     assert json.loads((tmp_path / "bench_high_res.json").read_text())["rows"][0]["res"] == "32x32"
 
 

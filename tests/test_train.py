@@ -40,8 +40,8 @@ def test_training_improves_and_the_checkpoint_decodes(tmp_path, wan_vae):
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 40
-    assert summary["train_loss_last"] < 0.7 * summary["train_loss_first"]
-    assert summary["train_psnr_last"] > summary["train_psnr_first"] + 2
+    assert summary["train_loss_last"] < 0.85 * summary["train_loss_first"]  # means of the first/last 5 steps
+    assert summary["train_psnr_last"] > summary["train_psnr_first"] + 1
     assert {"psnr", "ssim", "teacher_psnr"} <= set(summary["eval"])  # the held-out frames, beside the conv decoder
 
     meta = flashdecode.checkpoint.read_metadata(out / "decoder.safetensors")
