@@ -295,7 +295,7 @@ def _case_main(case_json: str) -> None:
     except Exception as e:  # reported in the row; the parent shows it in the table
         import torch
 
-        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+        oom = isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
         row = dict(failed_row(case), error="out of memory" if oom else f"{type(e).__name__}: {e}".splitlines()[0])
     print(ROW_MARK + json.dumps(row), flush=True)
 
@@ -323,6 +323,8 @@ def run_case_process(case: Case, timeout: float | None = None) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith(ROW_MARK):
             return json.loads(line[len(ROW_MARK):])
+    if proc.returncode == -9:  # SIGKILL: on Linux almost always the kernel's OOM killer
+        return failed_row(case, error="case process killed (SIGKILL; out of memory?)")
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return failed_row(case, error=f"case process exited with code {proc.returncode}: {tail}")
 

@@ -1,4 +1,3 @@
-import os
 from pathlib import Path
 
 import pytest
@@ -6,8 +5,6 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def pytest_configure(config):

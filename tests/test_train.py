@@ -81,3 +81,19 @@ def test_ddp_two_processes_keep_identical_weights(tmp_path, wan_vae):
     summary = json.loads((out / "summary.json").read_text())
     a, b = summary["param_checksums"]
     assert a == b and summary["steps"] == 2
+
+
+def test_eval_reports_decoder_and_teacher_side_by_side(tmp_path):
+    d = flashdecode.load_decoder("tiny", "demo", weights="random")
+    ckpt = flashdecode.checkpoint.save_checkpoint(tmp_path / "tiny.safetensors", d.model, "demo")
+    r = flashdecode_cli("eval", f"{CLIP}:0-9", f"{CLIP}:9-18", "--weights", ckpt, "--teacher", "demo",
+                        "--size", "64x64", "--frames", "9", "--json", tmp_path / "eval.json")
+    assert r.returncode == 0, r.stderr
+    assert "PCA inverse" in r.stdout and "overall" in r.stdout
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [row["clip"] for row in rows][-1] == "overall" and len(rows) == 3
+    for row in rows:
+        assert row["frames"] in (9, 18) and 0 < row["psnr"] < 60 and -1 <= row["ssim"] <= 1
+        assert row["teacher_psnr"] > row["psnr"]  # random weights lose to the PCA's own inverse
+    r = flashdecode_cli("eval", f"{CLIP}:0-9", "--weights", tmp_path / "missing.safetensors")
+    assert r.returncode == 2 and "error:" in r.stderr

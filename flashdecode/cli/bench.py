@@ -57,6 +57,8 @@ def bench(
     dt = str(resolve_dtype(dtype, dev)).removeprefix("torch.")
     if weights != "random" and len(models) > 1:
         raise FlashdecodeError("--weights PATH fits one --model; pass a single variant or --weights random")
+    if weights != "random" and not Path(weights).is_file():
+        raise FlashdecodeError(f"--weights {weights}: no such file; pass a .safetensors checkpoint or random")
     if plot_path:
         harness.check_plot_dependency()
     harness.check_baseline_dependency(baselines)

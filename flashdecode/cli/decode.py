@@ -217,7 +217,7 @@ def decode(
             writers.append(VideoWriter(name, fps=fps, crf=crf, codec=codec, stdout_format=stdout_format or "y4m"))
             stack.callback(writers[-1].close)  # closes (flushes) on success, error and Ctrl-C alike
 
-        variant = model or (None if weights not in (None, "random") else "s")
+        variant = model or ("s" if weights == "random" else None)  # else: the checkpoint's, or any bundled one
         decoder = load_decoder(variant, space, weights=weights, device=dev, dtype=dtype)
         if decoder.random_weights:
             note("the weights are random (--weights random): the video is noise; use it to measure speed and memory")
