@@ -126,12 +126,13 @@ class Decoder:
 
 def init_weights(model: FlashDecoder, seed: int = 0) -> FlashDecoder:
     """Seeded GPT-2 style init: N(0, 0.02) linears, zero biases, residual outputs scaled by depth."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)  # drawn where the weights live: XL is 769 M numbers
     scale = (2 * (model.config.depth + model.config.refine_depth)) ** -0.5
     for name, p in model.named_parameters():
         if p.ndim == 2:
             std = 0.02 * (scale if name.endswith(("attn.wo.weight", "mlp.w2.weight")) else 1.0)
-            p.data.copy_(torch.randn(p.shape, generator=gen) * std)
+            p.data.normal_(0.0, std, generator=gen)
         elif name.endswith("bias"):
             p.data.zero_()
     return model
