@@ -9,8 +9,8 @@ import torch
 
 import flashdecode
 from flashdecode.latents_io import open_latents
-from flashdecode.metrics import psnr, ssim
-from flashdecode.teachers import load_teacher
+from flashdecode.training.metrics import psnr, ssim
+from flashdecode.training.teachers import load_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "samples" / "cockatoo_256x256_41f.safetensors"

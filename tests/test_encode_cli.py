@@ -8,9 +8,9 @@ from safetensors import safe_open
 from typer.testing import CliRunner
 
 from flashdecode.cli import app
-from flashdecode.demo_codec import PCATeacher
-from flashdecode.teachers import tiny_wan_vae
-from flashdecode.video_data import read_clip
+from flashdecode.training.demo_codec import PCATeacher
+from flashdecode.training.teachers import tiny_wan_vae
+from flashdecode.training.video_data import read_clip
 
 CLIP = Path(__file__).parent / "data" / "carphone_176x144_30fps_33f.mp4"  # 33 frames, 144x176, 30 fps
 runner = CliRunner()

@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from flashdecode.demo_codec import PCATeacher
-from flashdecode.latent_cache import LatentCache, from_uint8, to_uint8
-from flashdecode.video_data import VideoClips
+from flashdecode.training.demo_codec import PCATeacher
+from flashdecode.training.latent_cache import LatentCache, from_uint8, to_uint8
+from flashdecode.training.video_data import VideoClips
 
 CLIP = Path(__file__).parent / "data" / "carphone_176x144_30fps_33f.mp4"
 

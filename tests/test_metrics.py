@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flashdecode.metrics import psnr, ssim, ssim_per_image
+from flashdecode.training.metrics import psnr, ssim, ssim_per_image
 
 
 def clips(b=2, t=3, h=24, w=32, seed=0):

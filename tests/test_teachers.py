@@ -4,12 +4,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flashdecode.demo_codec import PCATeacher, fit_pca_teacher, patchify, unpatchify
+from flashdecode.training.demo_codec import PCATeacher, fit_pca_teacher, patchify, unpatchify
 from flashdecode.errors import FlashdecodeError
 from flashdecode.latent_spaces import get_latent_space
-from flashdecode.metrics import psnr
-from flashdecode.teachers import TINY_WAN_CONFIGS, WanTeacher, load_teacher, tiny_wan_vae
-from flashdecode.video_data import read_clip
+from flashdecode.training.metrics import psnr
+from flashdecode.training.teachers import TINY_WAN_CONFIGS, WanTeacher, load_teacher, tiny_wan_vae
+from flashdecode.training.video_data import read_clip
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "tests" / "data" / "carphone_176x144_30fps_33f.mp4"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import flashdecode
-from flashdecode.teachers import tiny_wan_vae
+from flashdecode.training.teachers import tiny_wan_vae
 
 REPO = Path(__file__).resolve().parents[1]
 CLIP = REPO / "tests" / "data" / "carphone_176x144_30fps_33f.mp4"

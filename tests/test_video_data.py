@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from flashdecode.errors import FlashdecodeError
-from flashdecode.video_data import (
+from flashdecode.training.video_data import (
     Segment, VideoClips, center_box, eval_clips, iter_frames, largest_4k1, list_videos, parse_source, probe, read_clip,
     read_frames, segments,
 )

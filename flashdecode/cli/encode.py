@@ -35,7 +35,7 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 def choose_frames(available: int, frames: int | None, max_frames: int | None, video, start: int) -> int:
     from ..errors import FlashdecodeError
-    from ..video_data import largest_4k1
+    from ..training.video_data import largest_4k1
 
     if available < 1:
         raise FlashdecodeError(f"{video} has no frames from --start {start}; use an earlier --start")
@@ -53,7 +53,7 @@ def pixel_chunks(video, start: int, frames: int, size, device):
     """[1, 3, t, H, W] chunks in [-1, 1]: the first frame alone, then 4 frames at a time (the causal latent grouping)."""
     import torch
 
-    from ..video_data import iter_frames, to_clip
+    from ..training.video_data import iter_frames, to_clip
 
     pending = []
     for i, frame in enumerate(iter_frames(video, start, frames)):
@@ -87,8 +87,8 @@ def encode(
     import torch
 
     from ..errors import FlashdecodeError
-    from ..teachers import load_teacher
-    from ..video_data import probe, round_down_16
+    from ..training.teachers import load_teacher
+    from ..training.video_data import probe, round_down_16
 
     if output != "-" and Path(output).suffix.lower() not in (".safetensors", ".npy"):
         raise FlashdecodeError(f"unknown output extension for {output!r}; use .safetensors, .npy, or '-' for stdout")
@@ -152,7 +152,7 @@ def fit_demo_teacher(
     credits: str = typer.Option("", "--credits", help="Attribution of the videos, stored in the file's metadata."),
 ) -> None:
     """Fit the bundled demo codec's PCA teacher (takes well under a minute on a CPU)."""
-    from ..demo_codec import fit_demo_teacher as fit
+    from ..training.demo_codec import fit_demo_teacher as fit
 
     fit(videos, holdout=holdout, eval_sources=eval_on, out=out, clips=clips, seed=seed, credits=credits,
         log=lambda m: print(m, file=sys.stderr))

@@ -57,7 +57,7 @@ def train(
     device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda if available)."),
 ) -> None:
     """Train a FlashDecoder for a teacher's latent space on real video (DDP under torchrun)."""
-    from ..train import TrainConfig, train as run
+    from ..training.train import TrainConfig, train as run
 
     cfg = TrainConfig(data=list(data), out=str(out), teacher=teacher, vae=vae, model=model, size=parse_size(size),
                       frames=frames, clips=clips, batch=batch, steps=steps, minutes=minutes, lr=lr, warmup=warmup,
@@ -85,9 +85,9 @@ def evaluate_cmd(
     from rich.table import Table
 
     from ..engine import load_decoder
-    from ..evaluate import evaluate
-    from ..teachers import load_teacher
-    from ..video_data import eval_clips
+    from ..training.evaluate import evaluate
+    from ..training.teachers import load_teacher
+    from ..training.video_data import eval_clips
 
     tch = load_teacher(teacher, vae, device=device)
     decoder = load_decoder(model, tch.latent_space.name, weights=weights, device=device)

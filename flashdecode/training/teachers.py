@@ -15,9 +15,9 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ..errors import FlashdecodeError
+from ..latent_spaces import LATENT_SPACES, LatentSpace, get_latent_space
 from .demo_codec import PCATeacher
-from .errors import FlashdecodeError
-from .latent_spaces import LATENT_SPACES, LatentSpace, get_latent_space
 
 # AutoencoderKLWan configs of the real VAEs (DESIGN.md section 2); a single-file checkpoint gets the one its z_dim names.
 WAN_CONFIGS = {

@@ -24,8 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import FlashdecodeError
-from .latent_spaces import get_latent_space
+from ..errors import FlashdecodeError
+from ..latent_spaces import get_latent_space
 
 FORMAT = "flashdecode-pca-teacher"  # not "flashdecode": decoder weight searches skip this file
 DEFAULT_NAME = "demo-pca-teacher.safetensors"
@@ -192,7 +192,7 @@ def _check_pixels(pixels: torch.Tensor, patch: int) -> None:
 
 def default_path() -> Path | None:
     """demo-pca-teacher.safetensors in the weights folders ($FLASHDECODE_WEIGHTS, ./weights, the repo's weights/)."""
-    from .checkpoint import weights_dirs
+    from ..checkpoint import weights_dirs
 
     return next((d / DEFAULT_NAME for d in weights_dirs() if (d / DEFAULT_NAME).is_file()), None)
 

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import save_checkpoint
-from .engine import Decoder, build_model
-from .errors import FlashdecodeError
+from ..checkpoint import save_checkpoint
+from ..engine import Decoder, build_model
+from ..errors import FlashdecodeError
+from ..model import ModelConfig
 from .metrics import ssim_per_image
-from .model import ModelConfig
 
 
 @dataclass

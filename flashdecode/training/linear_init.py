@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .model import FlashDecoder
+from ..model import FlashDecoder
 
 C0 = 1000.0  # the slot constant: dominates every sub-frame token's RMS, so RMSNorm becomes a fixed scale
 
