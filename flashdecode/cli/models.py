@@ -14,11 +14,13 @@ def models() -> None:
     from ..latent_spaces import LATENT_SPACES
     from ..model import VARIANTS, ModelConfig, count_parameters
 
-    table = Table(title="flashdecode variants")
-    for col in ("variant", "depth", "width", "heads", "kv heads", "params (wan2.2)", "weights found"):
+    spaces = ", ".join(f"{s.name} ({s.description})" for s in LATENT_SPACES.values())
+    table = Table(title="flashdecode variants", caption=f"latent spaces: {spaces}")
+    for col in ("variant", "depth", "width", "heads", "kv heads", "params (wan2.2 / wan2.1)", "weights found"):
         table.add_column(col)
     for name, (depth, dim, heads, kv) in VARIANTS.items():
-        found = [f"{space}: {p.name}" for space in LATENT_SPACES if (p := find_weights(name, space))]
-        params = count_parameters(ModelConfig.build(name, "wan2.2"))
-        table.add_row(name, str(depth), str(dim), str(heads), str(kv), f"{params / 1e6:.2f} M", "\n".join(found) or "-")
+        found = [f"{space}: {p}" for space in LATENT_SPACES if (p := find_weights(name, space))]
+        params = [count_parameters(ModelConfig.build(name, space)) / 1e6 for space in ("wan2.2", "wan2.1")]
+        table.add_row(name, str(depth), str(dim), str(heads), str(kv), " / ".join(f"{p:.2f} M" for p in params),
+                      "\n".join(found) or "-")
     Console().print(table)
