@@ -173,12 +173,16 @@ class FlashDecoder(nn.Module):
         tt, hh, ww = torch.meshgrid(t.to(device), torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
         return rope_cis(rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta))
 
-    def render(self, x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+    def sub_frame_rope(self, device) -> torch.Tensor:
+        """1D RoPE over the 4 sub-frame positions, the whole head dim: complex [4, 32]."""
+        c = self.config
+        return rope_cis(rope_angles(torch.arange(c.time_up, device=device), c.head_dim, c.rope_theta))
+
+    def render(self, x: torch.Tensor, gh: int, gw: int, rope: torch.Tensor) -> torch.Tensor:
         """Backbone tokens [F, N, d] -> pixels [F, 3, 4, 16gh, 16gw]: upsample in time, refine, spatial head."""
         c = self.config
         Fr, N, d = x.shape
         x = self.time_up(x).reshape(Fr * N, c.time_up, d)  # each token -> its 4 sub-frames
-        rope = rope_cis(rope_angles(torch.arange(c.time_up, device=x.device), c.head_dim, c.rope_theta))
         for blk in self.refine:
             x = blk(x, rope, rope, backend=self.backend)
         px = self.head(x).reshape(Fr, gh, gw, c.time_up, -1).permute(0, 3, 4, 1, 2)  # [F, 4, 768, gh, gw]
@@ -201,6 +205,8 @@ class FlashDecoder(nn.Module):
         ages = (torch.arange(slots)[:, None] - torch.arange(slots)[None, :]) % slots  # [current slot, slot]
         self.k_rope = torch.stack([self.grid_rope(gh, gw, c.window - ages[s], device) for s in range(slots)])
         self.ages = ages.repeat_interleave(N, dim=1).to(device)  # [current slot, (W+1)*N]
+        self.slot_index = torch.arange(slots * N, device=device).view(slots, N)  # buffer rows of each slot
+        self.sub_rope = self.sub_frame_rope(device)
         self.reset(start_index)
 
     def reset(self, start_index: int = 0):
@@ -213,16 +219,13 @@ class FlashDecoder(nn.Module):
     def step(self, z: torch.Tensor) -> torch.Tensor:
         """One latent frame [B, C, h, w] -> its pixel frames [B, 3, k, H, W] (k = 1 first, then 4)."""
         c = self.config
-        gh, gw = self.grid
-        N, slots = gh * gw, c.window + 1
-        slot = self.frame_index % slots
-        index = torch.arange(slot * N, (slot + 1) * N, device=z.device)
+        slot = self.frame_index % (c.window + 1)
         # Until the window has filled, slots holding no frame yet are masked out.
         mask = None if self.frames_seen >= c.window else (self.ages[slot] <= self.frames_seen)[None]
         x = self.tokens(z)
         for blk, cache in zip(self.blocks, self.caches):
-            x = blk(x, self.q_rope, self.k_rope[slot], mask, cache, index, self.backend)
-        px = self.render(x, gh, gw)
+            x = blk(x, self.q_rope, self.k_rope[slot], mask, cache, self.slot_index[slot], self.backend)
+        px = self.render(x, *self.grid, self.sub_rope)
         if self.frames_seen == 0:  # the lone first latent frame makes one pixel frame: the last sub-frame
             px = px[:, :, -1:]
         self.frame_index += 1
@@ -253,8 +256,8 @@ class FlashDecoder(nn.Module):
         mask = (lag >= 0) & (lag <= c.window)  # block-causal sliding window over latent frames
         for blk in self.blocks:
             x = blk(x, rope, rope, mask, backend=self.backend)
-        px = self.render(x.reshape(B * T, N, c.dim), gh, gw).unflatten(0, (B, T))  # [B, T, 3, 4, H, W]
-        px = px.permute(0, 2, 1, 3, 4, 5).flatten(2, 3)  # [B, 3, 4T, H, W]
+        px = self.render(x.reshape(B * T, N, c.dim), gh, gw, self.sub_frame_rope(z.device)).unflatten(0, (B, T))
+        px = px.permute(0, 2, 1, 3, 4, 5).flatten(2, 3)  # [B, T, 3, 4, H, W] -> [B, 3, 4T, H, W]
         return px[:, :, c.time_up - 1 :]  # first latent frame keeps only its last sub-frame
 
 
