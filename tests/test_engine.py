@@ -1,5 +1,4 @@
 """The streaming engine against the masked whole-sequence reference, positions, shapes and memory."""
-import json
 import os
 import subprocess
 import sys

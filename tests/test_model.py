@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from flashdecode.model import ModelConfig, count_parameters, flops_per_clip
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def _as_batch(x: torch.Tensor) -> torch.Tensor:
