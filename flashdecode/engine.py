@@ -85,10 +85,9 @@ class Decoder:
                 if chunk.ndim == 4:
                     chunk = chunk[:, :, None]
                 self.check(chunk)
-                chunk = chunk.to(self.device, torch.float32)
-                if raw:
-                    chunk = self.latent_space.normalize(chunk)
-                chunk = chunk.to(self.dtype)
+                if raw:  # normalize in float32, whatever the decoding dtype
+                    chunk = self.latent_space.normalize(chunk.to(self.device, torch.float32))
+                chunk = chunk.to(self.device, self.dtype)
                 B, _, T, h, w = chunk.shape
                 grid = (h // self.config.patch, w // self.config.patch)
                 if not started:
@@ -117,11 +116,9 @@ class Decoder:
         """The same function as `decode`, computed in one masked whole-sequence pass (for tests/training)."""
         latents = torch.as_tensor(latents)
         self.check(latents)
-        z = latents.to(self.device, torch.float32)
-        if raw:
-            z = self.latent_space.normalize(z)
+        z = self.latent_space.normalize(latents.to(self.device, torch.float32)) if raw else latents
         with torch.inference_mode():
-            return self.model.forward_reference(z.to(self.dtype)).float().clamp_(-1, 1)
+            return self.model.forward_reference(z.to(self.device, self.dtype)).float().clamp_(-1, 1)
 
 
 def init_weights(model: FlashDecoder, seed: int = 0) -> FlashDecoder:

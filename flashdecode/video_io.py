@@ -24,13 +24,22 @@ STDOUT_FORMATS = ("y4m", "raw", "mp4")
 QUEUE_CHUNKS = 4  # chunks in flight between decoder and encoder; each chunk is at most 4 frames
 
 
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Floats in [-1, 1] -> uint8 0..255, same shape and device."""
+    return pixels.float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
+
+
+def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 in [-1, 1]."""
+    return pixels.float() / 127.5 - 1
+
+
 def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
     """[..., 3, k, H, W] floats in [-1, 1] -> uint8 [..., k, H, W, 3] on the CPU.
 
     The conversion runs where the pixels are (the GPU), so a quarter of the bytes cross to the host.
     """
-    x = pixels.float().clamp(-1, 1).add_(1).mul_(127.5).round_().to(torch.uint8)
-    return x.movedim(-4, -1).contiguous().cpu().numpy()
+    return to_uint8(pixels).movedim(-4, -1).contiguous().cpu().numpy()
 
 
 def output_kind(output: str) -> str:

@@ -23,15 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-
-def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> uint8 0..255."""
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def from_uint8(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> [-1, 1] float32."""
-    return pixels.float() / 127.5 - 1
+from ..video_io import from_uint8, to_uint8
 
 
 class LatentCache(torch.utils.data.Dataset):
