@@ -71,12 +71,16 @@ class Decoder:
             raise FlashdecodeError(f"latent grid {z.shape[-2]}x{z.shape[-1]} must be a multiple of the {p}x{p} patch "
                                    f"of {self.latent_space.name!r}")
 
-    def stream(self, frames: Iterable[torch.Tensor], raw: bool = False, start_index: int = 0) -> Iterator[torch.Tensor]:
+    def stream(self, frames: Iterable[torch.Tensor], raw: bool = False, start_index: int = 0,
+               native: bool = False) -> Iterator[torch.Tensor]:
         """Latent frames [B,C,h,w] or chunks [B,C,t,h,w] -> pixel chunks [B,3,k,H,W] float32 in [-1, 1].
 
         Each chunk is yielded as soon as its latent frame is decoded (k = 1 for the first frame, 4 after).
         `raw=True` takes un-normalized VAE latents. `start_index` is the absolute index of the first
         frame; the pixels do not depend on it (positions are relative to the window).
+        `native=True` yields the model's own output instead: its dtype, on its device, not clamped, and
+        valid only until the next chunk is requested (it may be a reused buffer). For converters that
+        fuse clamp + colour conversion on the device, skipping a float32 copy per chunk.
         """
         started = False
         with torch.inference_mode():
@@ -97,7 +101,8 @@ class Decoder:
                     raise FlashdecodeError(f"latent frame of batch {B} and grid {h}x{w} in the middle of a video of "
                                            f"batch {self.model.batch}; all frames of a video must have one shape")
                 for t in range(T):
-                    yield self.model.step(chunk[:, :, t]).float().clamp_(-1, 1)
+                    px = self.model.step(chunk[:, :, t])
+                    yield px if native else px.float().clamp_(-1, 1)
 
     def _start(self, batch: int, grid: tuple[int, int], start_index: int) -> None:
         if self.model.caches is None or (batch, grid) != (self.model.batch, self.model.grid):

@@ -99,3 +99,10 @@ def test_memory_does_not_grow_with_length():
     # DESIGN.md 7: depth 2, width 128, 24x24 grid; a kept output or a torch.cat cache shows 1.17-1.36.
     short, long = peak_rss_kb(8), peak_rss_kb(64)
     assert long / short <= 1.05, (short, long)
+
+
+def test_native_output_is_the_unclamped_model_output(decoder):
+    z = random_latents(decoder, batch=1, frames=3, seed=3)
+    native = [px.clone() for px in decoder.stream([z], native=True)]  # valid until the next chunk: keep copies
+    assert [px.dtype for px in native] == [decoder.dtype] * 3 and [px.shape[2] for px in native] == [1, 4, 4]
+    assert torch.equal(torch.cat(native, 2).float().clamp(-1, 1), decoder.decode(z))
