@@ -9,7 +9,8 @@ from .engine import Decoder, load_decoder
 from .errors import FlashdecodeError
 from .latent_spaces import LATENT_SPACES, get_latent_space
 from .model import VARIANTS, FlashDecoder, ModelConfig
+from .pipeline import decode_file
 
 __version__ = "0.1.0"
 __all__ = ["Decoder", "load_decoder", "FlashdecodeError", "LATENT_SPACES", "get_latent_space", "VARIANTS",
-           "FlashDecoder", "ModelConfig", "__version__"]
+           "FlashDecoder", "ModelConfig", "decode_file", "__version__"]

@@ -166,7 +166,8 @@ class VideoWriter:
     """
 
     def __init__(self, output: str, fps: float = 16.0, crf: int | None = None, codec: str | None = None,
-                 stdout_format: str = "y4m", queue_chunks: int = QUEUE_CHUNKS):
+                 stdout_format: str = "y4m", queue_chunks: int = QUEUE_CHUNKS, preset: str | None = None,
+                 overwrite: bool = False):
         self.output = output
         self.kind = output_kind(output)
         self.frames_written = 0

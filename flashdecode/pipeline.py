@@ -1,0 +1,243 @@
+"""Decode a latent file to a video in one call: read -> decode -> convert -> write, with progress and a summary.
+
+    import flashdecode
+    summary = flashdecode.decode_file("clip.safetensors", "clip.mp4", model="s", weights="random")
+
+Data flows one way: latents_io reads latent frames (a file, or NPY arrays as they arrive on stdin) ->
+Decoder.stream turns each into pixel chunks -> uint8 on the device (YUV 4:2:0 for video encoders, rgb24
+otherwise) -> each VideoWriter's queue -> its encoder thread. Nothing holds the whole video: the pixels of a
+chunk are dropped once the writer has them. Whatever stops the run (the end, an error, Ctrl-C, SIGTERM), the
+outputs are flushed and the summary tells how many frames each one holds. `flashdecode decode` is this
+function plus option parsing.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import FlashdecodeError
+from .latent_spaces import LATENT_SPACES
+
+DEFAULT_FPS = 16.0
+FPS_RANGE = (0.01, 1000.0)  # what a video container's time base and a player handle sensibly
+DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+# -- checking the options ---------------------------------------------------------------------------------
+
+def resolve_latent_space(requested: str, latents, weights_meta: dict) -> str:
+    """latent_space, or for auto: the latents' metadata, the checkpoint's, then the channel count."""
+    from .latent_spaces import LATENT_SPACES
+
+    if requested != "auto":
+        if requested not in LATENT_SPACES:
+            raise FlashdecodeError(f"unknown latent space {requested!r}; choose auto or {', '.join(LATENT_SPACES)}")
+        space, why = requested, "--latent-space"
+    else:
+        from_file = latents.metadata.get("latent_space")
+        from_weights = weights_meta.get("latent_space")
+        if from_file in LATENT_SPACES and from_weights and from_file != from_weights:
+            raise FlashdecodeError(f"{latents.name} holds {from_file} latents (its metadata) but the weights were trained "
+                                   f"for {from_weights}; pass weights for {from_file}")
+        space, why = latents.latent_space_guess()
+        if from_file not in LATENT_SPACES and from_weights in LATENT_SPACES:
+            space, why = from_weights, "the checkpoint"
+    channels = LATENT_SPACES[space].channels if space else None
+    if channels != latents.channels:
+        ntchw_channels = latents.shape[2]  # what the channel count would be if the file were NTCHW
+        plausible = ntchw_channels == channels if space else ntchw_channels in (16, 48)
+        hint = " (or the file is NTCHW: pass --layout ntchw)" if latents.layout == "ncthw" and plausible else ""
+        expected = f"latent space {space!r} ({why}) has {channels}" if space else \
+            "wan2.1 has 16, wan2.2 and demo have 48"
+        raise FlashdecodeError(f"{latents.name} has {latents.channels} channels (shape {list(latents.shape)} as "
+                               f"[B,C,T,h,w], layout {latents.layout}) but {expected}; pass the matching "
+                               f"--latent-space/--weights{hint}")
+    return space
+
+
+def resolve_fps(fps, metadata: dict, name: str) -> float:
+    """--fps, else the file's 'fps' metadata, else 16; a bad value names where it came from."""
+    lo, hi = FPS_RANGE
+    if fps is not None:
+        value, source = fps, f"--fps {fps}"
+    elif metadata.get("fps") is not None:
+        value, source = metadata["fps"], f"the 'fps' metadata of {name} ({metadata['fps']!r})"
+    else:
+        return DEFAULT_FPS
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and lo <= value <= hi):
+        fix = "pass a number" if fps is not None else "pass --fps to override it"
+        raise FlashdecodeError(f"{source} is not a usable frame rate; {fix} between {lo:g} and {hi:g}")
+    return value
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """device as a torch.device, refusing what this machine does not have (instead of a torch traceback)."""
+    from .engine import resolve_device as default_device
+
+    try:
+        dev = default_device(name)
+    except RuntimeError as e:
+        raise FlashdecodeError(f"unknown --device {name!r} ({e}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlashdecodeError(f"--device {name} asked for, but this torch has no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise FlashdecodeError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def check_json_path(json_path: Path) -> None:
+    if json_path.is_dir():
+        raise FlashdecodeError(f"--json {json_path} is a folder; give a file name like {json_path / 'summary.json'}")
+    if not json_path.parent.is_dir():
+        raise FlashdecodeError(f"--json {json_path}: folder {json_path.parent} does not exist")
+    if not os.access(json_path.parent, os.W_OK) or (json_path.exists() and not os.access(json_path, os.W_OK)):
+        raise FlashdecodeError(f"--json {json_path} is not writable; pick another path")
+
+
+def output_names(output: str, items: list[int]) -> list[str]:
+    from .video_io import batch_output_name
+
+    return [output] if len(items) == 1 else [batch_output_name(output, i) for i in items]
+
+
+def _is_disk_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+def decode_file(input, output=None, *, model=None, weights=None, latent_space="auto", layout=None, key=None,
+                raw=False, device=None, dtype=None, compile=None, batch_index=None, fps=None, crf=None,
+                codec=None, preset=None, stdout_format=None, quiet=True, progress=None, json_path=None,
+                overwrite=False) -> dict:
+    """Decode the latents in `input` (.safetensors, .npy, or '-' for NPY arrays on stdin) to `output`.
+
+    output: .mp4/.mkv/.mov/.webm, .y4m, a folder or %05d.png pattern, or '-' (stdout; `stdout_format` y4m,
+    raw or mp4). Default: input's name with .mp4. A batch goes to OUTPUT_b0, OUTPUT_b1, ... unless
+    `batch_index` picks one item. `quiet=False` shows live progress on stderr; `progress(latent_frames,
+    pixel_frames)` is called with the totals after each latent frame. `overwrite=True` clears the frames of
+    an earlier run from a PNG folder (without it such a folder is refused). Returns the summary dict that
+    `--json` writes (status, frames, outputs, fps, ...), also written to `json_path` if given.
+
+    Raises FlashdecodeError for bad input or a full disk, KeyboardInterrupt (or signals.Interrupted) when
+    stopped; in every case the outputs are flushed first, and `json_path` gets the summary with the
+    status ("error", "interrupted", "terminated", "hangup") and the frames actually on disk. The summary is
+    also attached to the exception as `.summary`.
+    """
+    from .checkpoint import read_metadata
+    from .engine import load_decoder
+    from .latents_io import open_latents
+    from .memory import check_memory
+    from .progress import DecodeProgress
+    from .signals import stop_status
+    from .video_io import VideoWriter, output_kind, to_uint8_frames
+
+    input = str(input)
+    output = str(output) if output is not None else ("-" if input == "-" else Path(input).with_suffix(".mp4").name)
+    output_kind(output)  # an unknown extension or a bad pattern fails before anything is read
+    if stdout_format is not None and output != "-":
+        raise FlashdecodeError(f"--format applies to stdout (-o -) only; the output {output!r} is chosen by its name")
+    json_path = Path(json_path) if json_path is not None else None
+    if json_path is not None:
+        check_json_path(json_path)
+    dev = resolve_device(device)
+    weights_meta = read_metadata(weights) if weights not in (None, "random") else {}
+    space_hint = latent_space if latent_space in LATENT_SPACES else weights_meta.get("latent_space")
+    channels = {LATENT_SPACES[space_hint].channels} if space_hint in LATENT_SPACES else None
+
+    latents = open_latents(input, key=key, layout=layout, channels=channels)
+    space = resolve_latent_space(latent_space, latents, weights_meta)
+    B, C, T, h, w = latents.shape
+    if T == 0:
+        raise FlashdecodeError(f"{latents.name} holds no latent frames (shape {list(latents.shape)} as [B,C,T,h,w]); "
+                               "nothing to decode")
+    patch = LATENT_SPACES[space].patch
+    if h % patch or w % patch:
+        raise FlashdecodeError(f"latent grid {h}x{w} must be a multiple of {patch} for {space}; check the producer")
+    if batch_index is not None and not 0 <= batch_index < B:
+        raise FlashdecodeError(f"--batch-index {batch_index} is out of range: {latents.name} holds a batch of {B}")
+    items = [batch_index] if batch_index is not None else list(range(B))
+    if len(items) > 1 and output == "-":
+        raise FlashdecodeError(f"{latents.name} holds a batch of {B}; stdout takes one video: pass --batch-index N")
+    outputs = output_names(output, items)
+    fps = resolve_fps(fps, latents.metadata, latents.name)
+
+    with contextlib.ExitStack() as stack:
+        writers = []
+        for name in outputs:  # created now: an unwritable output fails before the model loads
+            writers.append(VideoWriter(name, fps=fps, crf=crf, codec=codec, preset=preset,
+                                       stdout_format=stdout_format or "y4m", overwrite=overwrite))
+            stack.callback(writers[-1].close)  # a failure before decoding removes what was created
+
+        variant = model or ("s" if weights == "random" else None)  # else: the checkpoint's, or any bundled one
+        load_kw = {"compile": compile} if compile is not None else {}
+        decoder = load_decoder(variant, space, weights=weights, device=dev, dtype=dtype, **load_kw)
+        if decoder.random_weights:  # said even when quiet: the video will be noise
+            print("note: the weights are random (--weights random): the video is noise; use it to measure speed "
+                  "and memory", file=sys.stderr, flush=True)
+        check_memory(decoder, len(items), h, w)
+        stack.pop_all()
+
+    chunks = latents.chunks
+    if batch_index is not None:
+        chunks = (z[batch_index:batch_index + 1] for z in chunks)
+    display = DecodeProgress(decoder.device, total_latent_frames=T, quiet=quiet)
+    status, failure = "stopped", None
+    try:
+        for pixels in decoder.stream(chunks, raw=raw):
+            frames = to_uint8_frames(pixels)  # [B,k,H,W,3] uint8 on the CPU
+            for writer, item_frames in zip(writers, frames):
+                writer.write(item_frames)
+            display.update(1, frames.shape[0] * frames.shape[1])
+            if progress is not None:
+                progress(display.latent_frames, display.pixel_frames)
+        status = "ok"
+    except KeyboardInterrupt as e:
+        status = stop_status(e)[0]
+        failure = e
+    except BaseException as e:
+        status = "error"
+        failure = e
+    # Flush every output now, whatever happened: each one is a playable file of the frames so far.
+    close_error = None
+    for writer in writers:
+        try:
+            writer.close()
+        except Exception as e:
+            close_error = close_error or e
+    if status == "ok" and close_error is not None:
+        status, failure = "error", close_error
+    if status == "ok" and display.latent_frames == 0:
+        status, failure = "error", FlashdecodeError(f"{latents.name} held no latent frames; nothing was written")
+    if failure is not None and _is_disk_error(failure):
+        failure = FlashdecodeError(f"cannot write {', '.join(outputs)}: {failure.strerror or failure} (disk full or "
+                                   "file-size limit); the file holds the frames written before that")
+    written = min(wr.frames_written for wr in writers)
+    where = ", ".join(outputs)
+    stats = display.finish("decoded" if status == "ok" else f"{status} after",
+                           f" -> {where}" if status == "ok" else f"; {where} holds {written} frames")
+    H, W = decoder.pixel_size(h, w)
+    summary = {"status": status, "input": latents.name, "outputs": outputs, "frames": written,
+               "width": W, "height": H, "fps": fps, "batch": len(items), "model": decoder.config.name,
+               "latent_space": space, "dtype": str(decoder.dtype).replace("torch.", ""),
+               "random_weights": decoder.random_weights, "parameters": decoder.num_parameters(), **stats}
+    if failure is not None:
+        summary["error"] = str(failure) or type(failure).__name__
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    if failure is not None:
+        with contextlib.suppress(AttributeError, TypeError):
+            failure.summary = summary
+        raise failure
+    return summary
