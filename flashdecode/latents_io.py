@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import struct
 import sys
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from numpy.lib import format as npy_format
 
 from .errors import FlashdecodeError
 from .latent_spaces import LATENT_SPACES, pixel_frames
+from .memory import check_host_memory
 
 LAYOUTS = ("ncthw", "ntchw")
 EXTENSIONS = (".safetensors", ".npy")
@@ -26,6 +29,18 @@ CHANNELS_TO_SPACE = {16: "wan2.1", 48: "wan2.2"}  # "demo" is also 48 channels: 
 
 
 # -- reading the raw array -------------------------------------------------------------------------------
+#
+# Every size a file or stream claims (an NPY header's shape, a safetensors header's length and byte ranges)
+# is checked against the bytes actually there and against the free memory BEFORE anything is allocated, and
+# a stream's payload is allocated only as its bytes arrive: a 20-byte input that claims a petabyte costs
+# nothing and fails with one line.
+
+READ_BLOCK = 64 << 20  # a stream's claimed payload is allocated at most this far ahead of the bytes that arrived
+SAFETENSORS_MAX_HEADER = 100 << 20  # the most safetensors itself accepts
+SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                      "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8}
+TOO_BIG_FIX = "the input is corrupt, or too big for this machine: pass a smaller piece (or stream it as NPY arrays on stdin)"
+
 
 def _read_upto(fp, n: int) -> bytes:
     """n bytes, or fewer only at EOF (an unbuffered pipe may hand over less per read)."""
@@ -38,21 +53,60 @@ def _read_upto(fp, n: int) -> bytes:
     return data
 
 
-def _read_npy_payload(fp, shape, fortran: bool, dtype: np.dtype, what: str) -> np.ndarray:
-    """Read an NPY payload into a fresh array, exactly its bytes, never past it (more arrays may follow)."""
-    arr = np.empty(int(np.prod(shape, dtype=np.int64)), dtype=dtype)
-    view = memoryview(arr.view(np.uint8)).cast("B")
-    got = 0
-    while got < len(view):  # a pipe hands over what has arrived so far: keep reading until it is all here
-        n = fp.readinto(view[got:])
-        if not n:
-            raise FlashdecodeError(f"{what} is truncated: its header promises {len(view)} bytes of data, "
-                                   f"got {got}; the producer stopped mid-array or the file is incomplete")
-        got += n
-    return arr.reshape(shape, order="F" if fortran else "C")
+def _truncated(what: str, promised: int, got: int) -> FlashdecodeError:
+    return FlashdecodeError(f"{what} is truncated: its header promises {promised} bytes of data, got {got}; "
+                            "the producer stopped mid-array or the file is incomplete")
 
 
-def _read_npy_after_magic(fp, version: tuple[int, int], what: str) -> np.ndarray:
+def _read_exact(fp, n: int, what: str, trusted: bool = False) -> memoryview | bytearray:
+    """Exactly n bytes, never past them (more data may follow). `trusted`: n was checked against the file size,
+    so it is allocated at once; else it grows block by block as the bytes arrive, and a lie fails at EOF."""
+    if trusted or n <= READ_BLOCK:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:  # a pipe hands over what has arrived so far: keep reading until it is all here
+            k = fp.readinto(view[got:])
+            if not k:
+                raise _truncated(what, n, got)
+            got += k
+        return buf
+    buf = bytearray()
+    while len(buf) < n:
+        block = fp.read(min(n - len(buf), READ_BLOCK))
+        if not block:
+            raise _truncated(what, n, len(buf))
+        buf += block
+    return buf
+
+
+def _skip(fp, n: int, what: str, promised: int) -> None:
+    """Read and drop n bytes in blocks (bounded memory), failing at an early EOF."""
+    left = n
+    while left:
+        block = fp.read(min(left, READ_BLOCK))
+        if not block:
+            raise _truncated(what, promised, promised - left)
+        left -= len(block)
+
+
+def _check_claim(shape, itemsize: int, is_float: bool, what: str) -> int:
+    """The bytes an array of `shape` holds, after refusing empty/negative axes and sizes the memory cannot hold.
+
+    Python ints, so no overflow; the need counts the array, a float32 copy when it is not float, and the
+    NaN/Inf mask.
+    """
+    if any(int(d) < 1 for d in shape):
+        raise FlashdecodeError(f"{what} has shape {list(shape)}: every axis must be at least 1 "
+                               "(latents hold at least one frame of at least one cell)")
+    elements = 1
+    for d in shape:
+        elements *= int(d)
+    nbytes = elements * itemsize
+    check_host_memory(nbytes + elements * (1 + (0 if is_float else 4)), f"{what} (shape {list(shape)})", TOO_BIG_FIX)
+    return nbytes
+
+
+def _read_npy_header(fp, version: tuple[int, int], what: str) -> tuple[tuple, bool, np.dtype]:
     try:
         if version == (1, 0):
             shape, fortran, dtype = npy_format.read_array_header_1_0(fp)
@@ -67,7 +121,11 @@ def _read_npy_after_magic(fp, version: tuple[int, int], what: str) -> np.ndarray
                                "(object arrays would need unpickling, which flashdecode never does)")
     if dtype.kind not in "fiu":
         raise FlashdecodeError(f"{what} has dtype {dtype}; latents must be a float (or int) array")
-    return _read_npy_payload(fp, shape, fortran, dtype, what)
+    return shape, fortran, dtype
+
+
+def _npy_array(data, shape, fortran: bool, dtype: np.dtype) -> np.ndarray:
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def iter_npy_stream(fp, name: str = "stdin", first_bytes: bytes = b"") -> Iterator[np.ndarray]:
@@ -91,43 +149,10 @@ def iter_npy_stream(fp, name: str = "stdin", first_bytes: bytes = b"") -> Iterat
         except ValueError:
             raise FlashdecodeError(f"{what} does not start with the NPY magic (got {head[:6]!r}); stdin must carry "
                                    "arrays written by numpy.save one after another, or one .safetensors file") from None
-        yield _read_npy_after_magic(fp, version, what)
+        shape, fortran, dtype = _read_npy_header(fp, version, what)
+        nbytes = _check_claim(shape, dtype.itemsize, dtype.kind == "f", what)
+        yield _npy_array(_read_exact(fp, nbytes, what), shape, fortran, dtype)
         index += 1
-
-
-def _safetensors_from_bytes(data: bytes, name: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Parse a whole safetensors file held in memory: its tensors and its metadata."""
-    from safetensors.torch import load as st_load
-
-    if len(data) < 8:
-        raise FlashdecodeError(f"{name} is truncated: {len(data)} bytes is not even a safetensors header")
-    (n,) = struct.unpack("<Q", data[:8])
-    try:
-        if 8 + n > len(data):
-            raise ValueError(f"header of {n} bytes but the file has {len(data)}")
-        header = json.loads(data[8:8 + n])
-        metadata = header.pop("__metadata__", None) or {}
-        payload = max((v["data_offsets"][1] for v in header.values()), default=0)
-        if 8 + n + payload > len(data):
-            raise ValueError(f"tensors need {8 + n + payload} bytes but the file has {len(data)}")
-        tensors = st_load(data)
-    except Exception as e:  # safetensors raises its own error types; all mean "not a valid file"
-        raise FlashdecodeError(f"{name} is truncated or not a valid safetensors file ({e}); "
-                               "re-save it with safetensors.torch.save_file") from None
-    return tensors, dict(metadata)
-
-
-def _pick_tensor(tensors: dict, key: str | None, name: str) -> torch.Tensor:
-    if key is not None:
-        if key not in tensors:
-            raise FlashdecodeError(f"{name} has no tensor {key!r}; it has {', '.join(sorted(tensors)) or 'none'}")
-        return tensors[key]
-    if "latents" in tensors:
-        return tensors["latents"]
-    if len(tensors) == 1:
-        return next(iter(tensors.values()))
-    raise FlashdecodeError(f"{name} holds {len(tensors)} tensors ({', '.join(sorted(tensors))}) and none is called "
-                           "'latents'; pass --key NAME")
 
 
 def _load_npy_file(path: Path) -> np.ndarray:
@@ -137,11 +162,105 @@ def _load_npy_file(path: Path) -> np.ndarray:
             version = npy_format.read_magic(io.BytesIO(head))
         except ValueError:
             raise FlashdecodeError(f"{path} is not a valid .npy file (bad magic {head[:6]!r}); write it with numpy.save") from None
-        arr = _read_npy_after_magic(fp, version, str(path))
-        if fp.read(1):
+        shape, fortran, dtype = _read_npy_header(fp, version, str(path))
+        if any(int(d) < 1 for d in shape):
+            _check_claim(shape, 1, True, str(path))  # raises the empty-axis error
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: a huge claim is just a big number
+        there = os.fstat(fp.fileno()).st_size - fp.tell()
+        if nbytes > there:  # the file size says what is really there: refuse before allocating the claim
+            raise _truncated(str(path), nbytes, there)
+        if nbytes < there:
             raise FlashdecodeError(f"{path} has bytes after its array; it is corrupt or holds several arrays "
                                    "(pipe a multi-array stream on stdin instead: `cat FILE | flashdecode decode -`)")
-    return arr
+        _check_claim(shape, dtype.itemsize, dtype.kind == "f", str(path))
+        return _npy_array(_read_exact(fp, nbytes, str(path), trusted=True), shape, fortran, dtype)
+
+
+def _check_tensor_dtype(dtype: str, what: str) -> torch.dtype:
+    """A safetensors dtype name -> torch dtype, refusing what is not a float or int array (bool, as from NPY)."""
+    if dtype not in SAFETENSORS_DTYPES:
+        shown = "bool" if dtype == "BOOL" else dtype
+        raise FlashdecodeError(f"{what} has dtype {shown}; latents must be a float (or int) array")
+    return SAFETENSORS_DTYPES[dtype]
+
+
+def _pick_name(names: list[str], key: str | None, name: str) -> str:
+    if key is not None:
+        if key not in names:
+            raise FlashdecodeError(f"{name} has no tensor {key!r}; it has {', '.join(sorted(names)) or 'none'}")
+        return key
+    if "latents" in names:
+        return "latents"
+    if len(names) == 1:
+        return names[0]
+    raise FlashdecodeError(f"{name} holds {len(names)} tensors ({', '.join(sorted(names))}) and none is called "
+                           "'latents'; pass --key NAME")
+
+
+def _not_safetensors(name: str, why) -> FlashdecodeError:
+    return FlashdecodeError(f"{name} is truncated or not a valid safetensors file ({why}); "
+                            "re-save it with safetensors.torch.save_file")
+
+
+def _load_safetensors_file(path: Path, key: str | None) -> tuple[torch.Tensor, dict]:
+    """The chosen tensor of a .safetensors file (safetensors checks the header against the file size; we check
+    the tensor's dtype, shape and memory before it is read) and the file's metadata."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            names, meta = list(f.keys()), f.metadata() or {}
+            chosen = _pick_name(names, key, str(path))
+            piece = f.get_slice(chosen)
+            what = str(path) if len(names) == 1 else f"{path} tensor {chosen!r}"
+            dtype = _check_tensor_dtype(piece.get_dtype(), what)
+            _check_claim(piece.get_shape(), dtype.itemsize, dtype.is_floating_point, what)
+            return f.get_tensor(chosen), dict(meta)
+    except (SafetensorError, ValueError, TypeError) as e:  # all mean "not a valid file"
+        raise _not_safetensors(str(path), e) from None
+
+
+def _safetensors_header_entry(tensor: str, entry, name: str) -> tuple[str, list[int], int, int]:
+    """(dtype, shape, begin, end) of one header entry, checked for sense: the declared range fits the shape."""
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        ok = isinstance(dtype, str) and all(type(v) is int and v >= 0 for v in (*shape, begin, end)) and begin <= end
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise _not_safetensors(name, f"tensor {tensor!r} has a malformed header entry {str(entry)[:120]}")
+    if dtype in SAFETENSORS_DTYPES and end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize:
+        raise _not_safetensors(name, f"tensor {tensor!r} declares {end - begin} bytes for shape {shape} {dtype}")
+    return dtype, shape, begin, end
+
+
+def _load_safetensors_stream(fp, first_bytes: bytes, key: str | None, name: str = "stdin") -> tuple[torch.Tensor, dict]:
+    """One safetensors file arriving on a stream: the header is read and checked first (its length against a bound,
+    each tensor's byte range against its shape), then only the chosen tensor is kept, allocated as it arrives."""
+    head = first_bytes + _read_upto(fp, max(0, 8 - len(first_bytes)))
+    if len(head) < 8:
+        raise _not_safetensors(name, f"{len(head)} bytes is not even a safetensors header")
+    (n,) = struct.unpack("<Q", head[:8])
+    if n > SAFETENSORS_MAX_HEADER:
+        raise _not_safetensors(name, f"it claims a {n}-byte header; safetensors allows at most {SAFETENSORS_MAX_HEADER}")
+    raw = head[8:] + _read_exact(fp, max(0, n - len(head[8:])), f"{name} safetensors header")
+    try:
+        header = json.loads(bytes(raw[:n]))
+        meta = header.pop("__metadata__", None) or {} if isinstance(header, dict) else None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _not_safetensors(name, f"its header is not JSON: {e}") from None
+    if not isinstance(header, dict) or not isinstance(meta, dict):
+        raise _not_safetensors(name, "its header is not a JSON object")
+    entries = {t: _safetensors_header_entry(t, e, name) for t, e in header.items()}
+    chosen = _pick_name(list(entries), key, name)
+    dtype_name, shape, begin, end = entries[chosen]
+    dtype = _check_tensor_dtype(dtype_name, name)
+    _check_claim(shape, dtype.itemsize, dtype.is_floating_point, name)
+    payload = max(e[3] for e in entries.values())
+    _skip(fp, begin, name, payload)
+    data = _read_exact(fp, end - begin, name)
+    _skip(fp, payload - end, name, payload)  # the rest is not needed, but a cut-off file is still an error
+    return torch.frombuffer(data, dtype=dtype).reshape(shape), {str(k): str(v) for k, v in meta.items()}
 
 
 def _check_input_path(path: Path) -> None:
@@ -202,14 +321,14 @@ def check_finite(x: torch.Tensor, what: str, frame_offset: int = 0) -> None:
 
 
 def _as_tensor(arr) -> torch.Tensor:
-    """numpy -> torch without a copy where possible (big-endian and integer arrays are converted)."""
+    """numpy/torch -> a float torch tensor without a copy where possible (big-endian and integer arrays converted)."""
     if isinstance(arr, np.ndarray):
         if arr.dtype.kind != "f":
             arr = arr.astype(np.float32)
         elif not arr.dtype.isnative:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return torch.from_numpy(arr)
-    return arr
+    return arr if arr.is_floating_point() else arr.float()
 
 
 # -- the opened input ------------------------------------------------------------------------------------
@@ -304,14 +423,14 @@ def open_latents(source: str | Path, key: str | None = None, layout: str | None 
         raise FlashdecodeError(f"unknown layout {layout!r}; choose ncthw or ntchw")
     layout = layout.lower() if layout else None
     if str(source) == "-":
-        fp = stdin or sys.stdin.buffer
+        fp = stdin or _stdin()
         head = _read_upto(fp, npy_format.MAGIC_LEN)
         if head[:6] == npy_format.MAGIC_PREFIX or not head:
             return _stream(iter_npy_stream(fp, "stdin", head), "stdin", layout, channels, check)
         head += fp.read(1)
         if head[8:9] == b"{":  # safetensors: a u64 header length, then the JSON header
-            tensors, meta = _safetensors_from_bytes(head + fp.read(), "stdin")
-            return _whole(_pick_tensor(tensors, key, "stdin"), "stdin", layout, channels, meta, check)
+            tensor, meta = _load_safetensors_stream(fp, head, key)
+            return _whole(tensor, "stdin", layout, channels, meta, check)
         raise FlashdecodeError("stdin is neither NPY arrays (numpy.save) nor a safetensors file "
                                f"(it starts with {head[:9]!r})")
 
@@ -320,12 +439,22 @@ def open_latents(source: str | Path, key: str | None = None, layout: str | None 
     try:
         if path.suffix.lower() == ".npy":
             return _whole(_as_tensor(_load_npy_file(path)), str(path), layout, channels, {}, check)
-        tensors, meta = _safetensors_from_bytes(path.read_bytes(), str(path))
+        tensor, meta = _load_safetensors_file(path, key)
     except PermissionError:
         raise FlashdecodeError(f"input {path} is not readable (permission denied)") from None
     except IsADirectoryError:
         raise FlashdecodeError(f"input {path} is a directory; pass a .safetensors or .npy file") from None
-    return _whole(_pick_tensor(tensors, key, str(path)), str(path), layout, channels, meta, check)
+    return _whole(tensor, str(path), layout, channels, meta, check)
+
+
+def _stdin():
+    """The binary stdin, refusing a closed one (`<&-`) or a terminal (nothing would ever arrive) in one line."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise FlashdecodeError("stdin is closed; pipe latents in (producer | flashdecode decode -) or pass a file")
+    if sys.stdin.isatty():
+        raise FlashdecodeError("'-' reads latents from stdin, which is a terminal; pipe them in "
+                               "(producer | flashdecode decode -) or pass a .safetensors/.npy file")
+    return sys.stdin.buffer
 
 
 def describe(latents: Latents) -> dict:

@@ -1,14 +1,14 @@
-"""Memory: refuse a decode that cannot fit, before allocating it.
+"""Memory: refuse work that cannot fit, before allocating it.
 
 `estimate_memory` is an upper-leaning estimate of a decode's peak; `available_memory` reads what is free
-(or $FLASHDECODE_AVAILABLE_MEMORY); `check_memory` raises one FlashdecodeError line when it will not fit.
+(or $FLASHDECODE_AVAILABLE_MEMORY); `check_memory` raises one FlashdecodeError line when a decode will not
+fit, and `check_host_memory` does the same for any size a file, a stream or an option claims (checked
+before the allocation, so a 20-byte file that claims a petabyte costs nothing).
 """
 from __future__ import annotations
 
 import os
 import re
-
-import torch
 
 from .errors import FlashdecodeError
 from .progress import format_bytes
@@ -40,17 +40,23 @@ def estimate_memory(decoder, batch: int, h: int, w: int) -> dict:
 
 
 def _parse_bytes(text: str) -> int:
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
-    if not m:
-        raise ValueError(text)
-    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+    """'8G' / '512M' / '1.5g' / '1073741824' -> bytes; anything else is one line naming the variable."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([kKmMgGtT]?)i?[bB]?\s*", text)
+    value = float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " ") if m else float("nan")
+    if not value < 2 ** 63:  # not a number, or more digits than a float holds (inf)
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise FlashdecodeError(f"{MEMORY_ENV}={shown!r} is not a size; write bytes or a size like 512M, 8G, 1.5T "
+                               f"(or unset it to measure the free memory)")
+    return int(value)
 
 
-def available_memory(device) -> int | None:
-    """Free bytes for the decode: free GPU memory plus torch's cached blocks, or MemAvailable on the CPU."""
+def available_memory(device="cpu") -> int | None:
+    """Free bytes for the work: free GPU memory plus torch's cached blocks, or MemAvailable on the CPU."""
     if os.environ.get(MEMORY_ENV):
         return _parse_bytes(os.environ[MEMORY_ENV])
-    if device.type == "cuda":
+    if getattr(device, "type", str(device).split(":")[0]) == "cuda":
+        import torch
+
         free, _ = torch.cuda.mem_get_info(device)
         return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     try:
@@ -74,3 +80,11 @@ def check_memory(decoder, batch: int, h: int, w: int) -> None:
             f"decoding a {h}x{w} latent grid ({W}x{H} px, batch {batch}) with model {decoder.config.name!r} needs about "
             f"{format_bytes(need['total'])} on {decoder.device} but only {format_bytes(free + resident)} is available; "
             f"{fix}use a smaller --model or lower resolution, or another --device")
+
+
+def check_host_memory(nbytes: int, what: str, fix: str) -> None:
+    """Refuse to allocate `nbytes` of host memory for `what` when that much is not free (one line, with a fix)."""
+    free = available_memory("cpu")
+    if free is not None and nbytes > free:
+        raise FlashdecodeError(f"{what} needs about {format_bytes(nbytes)} of memory but only {format_bytes(free)} is "
+                               f"available; {fix}")

@@ -1,6 +1,8 @@
 """latents_io: files, NPY streams read as they arrive, layouts, ranks, and one-line errors for bad input."""
 import io
+import json
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -189,3 +191,86 @@ def test_stream_errors():
     lat = open_latents("-", stdin=io.BytesIO(npy_bytes(a, a, bad)))
     with pytest.raises(FlashdecodeError, match="array 2 contains 0 NaN and 1 Inf.*channel 3, latent frame 2"):
         list(lat.chunks)
+
+
+# -- claimed sizes are checked before anything is allocated ------------------------------------------------
+
+def npy_header(shape, descr="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def st_stream(header: dict, payload: bytes = b"\0" * 64) -> io.BytesIO:
+    raw = json.dumps(header).encode()
+    return io.BytesIO(struct.pack("<Q", len(raw)) + raw + payload)
+
+
+def test_npy_claims_checked_against_file_size_and_memory(tmp_path, monkeypatch):
+    (tmp_path / "huge.npy").write_bytes(npy_header((1, 16, 10**9, 10**4, 10**4)) + b"\0" * 64)
+    with pytest.raises(FlashdecodeError, match="truncated: its header promises 6400000000000000000 bytes of data, got 64"):
+        open_latents(tmp_path / "huge.npy")
+    monkeypatch.setenv("FLASHDECODE_AVAILABLE_MEMORY", "1G")
+    with pytest.raises(FlashdecodeError, match=r"stdin array 0 \(shape \[16, 100000, 100000\]\) needs about .* only 1.0 GiB"):
+        list(open_latents("-", stdin=io.BytesIO(npy_header((16, 10**5, 10**5)) + b"\0" * 64)).chunks)
+    # within the memory but not sent: allocated only as bytes arrive, so the lie fails at EOF
+    with pytest.raises(FlashdecodeError, match="stdin array 0 is truncated: its header promises 536870912 bytes of data, got 64"):
+        open_latents("-", stdin=io.BytesIO(npy_header((16, 2048, 4096)) + b"\0" * 64))
+
+
+@pytest.mark.parametrize("shape", [(16, 0, 4, 4), (16, 1, -1, 4), (0, 16, 1, 4, 4)])
+def test_empty_or_negative_axes_refused(tmp_path, shape):
+    (tmp_path / "z.npy").write_bytes(npy_header(shape))
+    with pytest.raises(FlashdecodeError, match="every axis must be at least 1"):
+        open_latents(tmp_path / "z.npy")
+    with pytest.raises(FlashdecodeError, match="every axis must be at least 1"):
+        list(open_latents("-", stdin=io.BytesIO(npy_header(shape))).chunks)
+    if min(shape) == 0:
+        save_file({"latents": torch.zeros(shape)}, tmp_path / "z.safetensors")
+        with pytest.raises(FlashdecodeError, match="every axis must be at least 1"):
+            open_latents(tmp_path / "z.safetensors")
+
+
+def test_bool_refused_from_npy_and_safetensors_alike(tmp_path):
+    b = torch.zeros(16, 1, 4, 4, dtype=torch.bool)
+    np.save(tmp_path / "b.npy", b.numpy())
+    save_file({"latents": b}, tmp_path / "b.safetensors")
+    for source, stdin in [(tmp_path / "b.npy", None), (tmp_path / "b.safetensors", None),
+                          ("-", io.BytesIO(save({"latents": b}))), ("-", io.BytesIO(npy_bytes(b.numpy())))]:
+        with pytest.raises(FlashdecodeError, match="has dtype bool; latents must be a float"):
+            list(open_latents(source, stdin=stdin).chunks)
+    ints = open_latents("-", stdin=io.BytesIO(save({"latents": torch.ones(16, 1, 4, 4, dtype=torch.int16)})))
+    assert all_chunks(ints).dtype == torch.float32  # integers are accepted from both, as float32
+
+
+def test_safetensors_stream_header_checked_first(monkeypatch):
+    monkeypatch.setenv("FLASHDECODE_AVAILABLE_MEMORY", "1G")
+    with pytest.raises(FlashdecodeError, match="claims a 1000000000000000-byte header"):
+        open_latents("-", stdin=io.BytesIO(struct.pack("<Q", 10**15) + b"{" + b"\0" * 100))
+    huge = {"latents": {"dtype": "F32", "shape": [16, 10**6, 10**5], "data_offsets": [0, 64 * 10**11]}}
+    with pytest.raises(FlashdecodeError, match=r"needs about .* only 1.0 GiB is available"):
+        open_latents("-", stdin=st_stream(huge))
+    liar = {"latents": {"dtype": "F32", "shape": [16, 2048, 4096], "data_offsets": [0, 16 * 2048 * 4096 * 4]}}
+    with pytest.raises(FlashdecodeError, match="stdin is truncated: its header promises 536870912 bytes of data, got 64"):
+        open_latents("-", stdin=st_stream(liar))
+    wrong = {"latents": {"dtype": "F32", "shape": [16, 1, 2, 2], "data_offsets": [0, 10]}}
+    with pytest.raises(FlashdecodeError, match="declares 10 bytes for shape"):
+        open_latents("-", stdin=st_stream(wrong))
+    with pytest.raises(FlashdecodeError, match="malformed header entry"):
+        open_latents("-", stdin=st_stream({"latents": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}))
+    z = torch.randn(1, 16, 2, 4, 4)  # only the chosen tensor is kept; the others are read past
+    lat = open_latents("-", stdin=io.BytesIO(save({"a": torch.zeros(300), "latents": z, "b": torch.ones(7)})))
+    assert torch.equal(all_chunks(lat), z)
+    with pytest.raises(FlashdecodeError, match="stdin is truncated"):
+        open_latents("-", stdin=io.BytesIO(save({"latents": z, "zz": torch.zeros(100)})[:-20]))
+
+
+def test_memory_variable_junk_is_one_line(monkeypatch):
+    from flashdecode.memory import available_memory
+
+    monkeypatch.setenv("FLASHDECODE_AVAILABLE_MEMORY", "1.5G")
+    assert available_memory() == 1536 << 20
+    for junk in ("lots", "-1", "nan", "inf", "1e9", "9" * 400):
+        monkeypatch.setenv("FLASHDECODE_AVAILABLE_MEMORY", junk)
+        with pytest.raises(FlashdecodeError, match="FLASHDECODE_AVAILABLE_MEMORY=.* is not a size"):
+            available_memory()
