@@ -22,8 +22,8 @@ def parse_size(text: str) -> tuple[int, int]:
 @app.command(epilog="""
 Recipe for a real Wan2.2 VAE on a GPU (nothing is downloaded; the VAE is a local diffusers folder or file):
 
-  torchrun --nproc-per-node 8 -m flashdecode train --teacher wan2.2 --vae /models/Wan2.2-TI2V-5B/vae \\
-      --data /videos --holdout /videos/val --model xl --size 720x1280 --frames 25 --batch 1 \\
+  torchrun --nproc-per-node 8 -m flashdecode train /videos --teacher wan2.2 --vae /models/Wan2.2-TI2V-5B/vae \\
+      --holdout /videos/val.mp4 --model xl --size 720x1280 --frames 25 --batch 1 \\
       --clips 20000 --steps 200000 --lr 2e-4 --warmup 2000 --eval-every 2000 --out runs/wan22-xl
 """)
 @run_guarded
