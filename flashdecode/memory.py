@@ -88,3 +88,27 @@ def check_host_memory(nbytes: int, what: str, fix: str) -> None:
     if free is not None and nbytes > free:
         raise FlashdecodeError(f"{what} needs about {format_bytes(nbytes)} of memory but only {format_bytes(free)} is "
                                f"available; {fix}")
+
+
+# Bytes per output pixel alive while one 4-frame chunk is encoded (upper-leaning): the float32 chunk and its
+# crop/resize copies; the Wan VAE's conv encoder also keeps ~96-160 channel full-resolution features (and a
+# 2-frame causal cache) alive, which dominates.
+ENCODE_BYTES_PER_PIXEL = {"demo": 4 * 3 * 4 * 6, "wan": 160 * 6 * 4 * 2}
+
+
+def estimate_encode_memory(teacher: str, h: int, w: int, frames: int, source_hw: tuple[int, int]) -> int:
+    """Rough peak bytes of `flashdecode encode` at h x w: one chunk through the teacher, the source frames it
+    is cut from (uint8 + float copies), and the latents kept for a file output (48 channels at 1/16, float32, x2)."""
+    per_pixel = ENCODE_BYTES_PER_PIXEL["wan" if teacher.startswith("wan") else "demo"]
+    source = 4 * 3 * source_hw[0] * source_hw[1] * 9
+    latents = 2 * 4 * 48 * (1 + (frames - 1) // 4) * (h // 16) * (w // 16)
+    return h * w * per_pixel + source + latents
+
+
+def check_encode_memory(teacher: str, h: int, w: int, frames: int, device, source_hw: tuple[int, int]) -> None:
+    need = estimate_encode_memory(teacher, h, w, frames, source_hw)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise FlashdecodeError(f"encoding {frames} frames at {h}x{w} (HxW) with the {teacher} teacher needs about "
+                               f"{format_bytes(need)} on {device} but only {format_bytes(free)} is available; "
+                               "pass a smaller --size (or fewer --frames)")

@@ -86,6 +86,17 @@ def test_encode_with_a_local_wan_vae(tmp_path):
     (["--teacher", "wan2.2"], "needs --vae"),
     (["--teacher", "wan2.2", "--vae", "/nonexistent/vae"], "does not exist"),
     (["--teacher-weights", "/nonexistent/pca.safetensors"], "not found"),
+    (["--size", "0x0"], "at least 16"),
+    (["--size", "-16x32"], "at least 16"),
+    (["--size", "160000x160000", "--frames", "9"], "pass a smaller --size"),  # refused before allocating ~7 TB
+    (["--size", "99999999999999999999984x16"], "pass a smaller --size"),
+    (["--frames", "0"], "not 4k+1"),
+    (["--frames", "-3"], "not 4k+1"),
+    (["--max-frames", "0"], "--max-frames 0 must be at least 1"),
+    (["--start", "-1"], "negative"),
+    (["--start", "99999999999999999999999"], "no frames from --start"),
+    (["--device", "bogus"], "unknown --device 'bogus'"),
+    (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
 ])
 def test_errors_exit_2_with_one_line(tmp_path, args, message):
     result = encode("-o", tmp_path / "z.safetensors", *args)

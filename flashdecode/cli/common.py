@@ -60,6 +60,27 @@ class _Guard(contextlib.ContextDecorator):
         return False
 
 
+def parse_hw(text: str | None, option: str = "--size") -> tuple[int, int] | None:
+    """'256x448' -> (256, 448) as (height, width); each a positive multiple of 16 (one latent cell)."""
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FlashdecodeError(f"{option} {text!r} is not HxW; write e.g. {option} 256x448 (height x width)") from None
+    if h < 16 or w < 16:
+        raise FlashdecodeError(f"{option} {h}x{w}: height and width must be at least 16 (one latent cell)")
+    if h % 16 or w % 16:
+        raise FlashdecodeError(f"{option} {h}x{w} is not a multiple of 16; use e.g. {h - h % 16}x{w - w % 16}")
+    return h, w
+
+
+def check_frames(frames: int | None, option: str = "--frames") -> None:
+    """Pixel frame counts are 4k+1: the first latent frame covers 1 pixel frame, each later one 4."""
+    if frames is not None and (frames < 1 or (frames - 1) % 4):
+        raise FlashdecodeError(f"{option} {frames} is not 4k+1 (1, 5, 9, ..., 4k+1): latents cover 1 frame, then 4 each")
+
+
 def run_guarded(func=None):
     """Use as `@run_guarded`, `@run_guarded()` or `with run_guarded():`."""
     return _Guard()(func) if callable(func) else _Guard()

@@ -13,36 +13,22 @@ from pathlib import Path
 import typer
 
 from . import app
-from .common import run_guarded
+from .common import check_frames, parse_hw, run_guarded
 
 OUTPUT_DTYPES = ("float32", "float16")
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'256x448' -> (256, 448) as (height, width); each a positive multiple of 16."""
-    from ..errors import FlashdecodeError
-
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise FlashdecodeError(f"--size {text!r} is not HxW; write e.g. --size 256x448 (height x width)") from None
-    if h <= 0 or w <= 0 or h % 16 or w % 16:
-        raise FlashdecodeError(f"--size {h}x{w} is not a multiple of 16; use e.g. {max(16, h - h % 16)}x{max(16, w - w % 16)}")
-    return h, w
 
 
 def choose_frames(available: int, frames: int | None, max_frames: int | None, video, start: int) -> int:
     from ..errors import FlashdecodeError
     from ..training.video_data import largest_4k1
 
+    if max_frames is not None and max_frames < 1:
+        raise FlashdecodeError(f"--max-frames {max_frames} must be at least 1")
     if available < 1:
         raise FlashdecodeError(f"{video} has no frames from --start {start}; use an earlier --start")
     if frames is None:
         return largest_4k1(min(available, max_frames) if max_frames else available)
-    if frames < 1 or (frames - 1) % 4:
-        raise FlashdecodeError(f"--frames {frames} is not 4k+1 (1, 5, 9, ..., 4k+1): latents cover 1 frame, then 4 each")
+    check_frames(frames)
     if frames > available:
         raise FlashdecodeError(f"{video} has only {available} frames from --start {start}, too few for --frames {frames}; "
                                f"use --frames {largest_4k1(available)} or an earlier --start")
@@ -87,6 +73,8 @@ def encode(
     import torch
 
     from ..errors import FlashdecodeError
+    from ..memory import check_encode_memory
+    from ..pipeline import resolve_device
     from ..training.teachers import load_teacher
     from ..training.video_data import probe, round_down_16
 
@@ -101,14 +89,16 @@ def encode(
         raise FlashdecodeError(f"--start {start} is negative; frames count from 0")
     if teacher not in ("wan2.1", "wan2.2") and vae is not None:
         raise FlashdecodeError("--vae is for --teacher wan2.1/wan2.2; for the demo teacher use --teacher-weights")
-    target = parse_size(size)
+    target = parse_hw(size)
+    check_frames(frames)
+    dev = resolve_device(device)
     info = probe(video)  # missing file / not a video: a clear error before any model loads
     target = target or round_down_16(info.height, info.width)
     if min(target) < 16:
         raise FlashdecodeError(f"{video} is {info.width}x{info.height}, smaller than one 16x16 latent cell; pass --size")
     n = choose_frames(info.frames - start, frames, max_frames, video, start)
+    check_encode_memory(teacher, *target, n, dev, (info.height, info.width))
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     enc = load_teacher(teacher, vae if teacher != "demo" else teacher_weights, device=dev)
     out_dtype = getattr(torch, dtype)
     latent_frames = enc.encode_stream(pixel_chunks(video, start, n, target, dev))
