@@ -84,14 +84,33 @@ def evaluate_cmd(
     from rich.console import Console
     from rich.table import Table
 
+    import itertools
+
     from ..engine import load_decoder
+    from ..errors import FlashdecodeError
+    from ..memory import check_host_memory
+    from ..pipeline import check_json_path, resolve_device
     from ..training.evaluate import evaluate
     from ..training.teachers import load_teacher
     from ..training.video_data import eval_clips
+    from .common import check_frames, parse_hw
 
-    tch = load_teacher(teacher, vae, device=device)
-    decoder = load_decoder(model, tch.latent_space.name, weights=weights, device=device)
-    rows = evaluate(decoder, eval_clips(data, frames=frames, size=parse_size(size)), tch)
+    hw = parse_hw(size)  # every option is checked before a video is read or a model is loaded
+    check_frames(frames)
+    dev = resolve_device(device)
+    if json_out is not None:
+        check_json_path(json_out)
+    # a clip, its teacher round trip and its decode are held whole, as float32: refuse what cannot fit
+    check_host_memory(3 * 3 * 4 * frames * hw[0] * hw[1], f"evaluating {frames}-frame clips at {size}",
+                      "pass a smaller --size or fewer --frames")
+    clips = eval_clips(data, frames=frames, size=hw)
+    first = next(clips, None)
+    if first is None:
+        raise FlashdecodeError(f"nothing to evaluate: no range of {', '.join(data)} has {frames} frames; "
+                               "pass fewer --frames or a longer range")
+    tch = load_teacher(teacher, vae, device=dev)
+    decoder = load_decoder(model, tch.latent_space.name, weights=weights, device=dev)
+    rows = evaluate(decoder, itertools.chain([first], clips), tch)
     baseline = "PCA inverse" if teacher == "demo" else f"{teacher} conv decoder"
     table = Table(title=f"{decoder.config.name} ({'random weights' if decoder.random_weights else weights}) "
                         f"vs {baseline}, {size}")
