@@ -21,15 +21,23 @@ def rope_3d(t: torch.Tensor, h: torch.Tensor, w: torch.Tensor, axes=(24, 20, 20)
     return torch.cat([rope_angles(p, d, theta) for p, d in zip((t, h, w), axes)], dim=-1)
 
 
-def rope_cis(angles: torch.Tensor) -> torch.Tensor:
-    """Angles -> unit complex rotations e^{i*angle}, computed once per grid, not per layer."""
-    return torch.polar(torch.ones_like(angles), angles)
+def rope_table(angles: torch.Tensor) -> torch.Tensor:
+    """Angles [..., L, D/2] -> real rotation table [..., 2, L, D]: cos and signed sin per head dim, computed
+    once per grid. Real ops (no complex dtype), so the compiler can fuse the rotation into its neighbours."""
+    cos, sin = angles.cos(), angles.sin()
+    # Consecutive pairs (x[2i], x[2i+1]) rotate together (the checkpoints' convention): each pair's sin
+    # enters with the sign it takes in (x0 + i x1) * e^{i angle}.
+    signed_sin = torch.stack((-sin, sin), dim=-1).flatten(-2)
+    return torch.stack((cos.repeat_interleave(2, dim=-1), signed_sin), dim=-3)
 
 
-def apply_rope(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of `x` [..., L, D] by complex `cis` [L, D/2] (broadcast over leading dims)."""
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(xc * cis).flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of `x` [..., L, D] by `rope` [2, L, D] from `rope_table` (broadcast over
+    leading dims), in float32: x * cos + swap_pairs(x) * signed_sin."""
+    cos, sin = rope.unbind(-3)
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x0, x1) -> (x1, x0)
+    return torch.addcmul(xf * cos, swapped, sin).type_as(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,

@@ -18,7 +18,12 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .latent_spaces import get_latent_space
-from .math import apply_rope, attention, rope_3d, rope_angles, rope_cis
+from .math import apply_rope, attention, rope_3d, rope_angles, rope_table
+
+# Tokens per refinement/head chunk. 1024 tokens are 4096 sub-frame rows: GEMMs of 4096 x d x 4d still fill
+# an H100 (over 1,500 128x128 output tiles for XL), while XL 720p's 3,600 tokens take 4 chunks, cutting the
+# refinement/head activation peak about 3.5x.
+RENDER_CHUNK = 1024
 
 # name: (depth, width, heads, kv heads). s/b/l/xl reproduce the paper's 56.8/161.7/348.0/769.3 M.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -89,31 +94,56 @@ class KVCache:
         return self.k, self.v
 
 
+def keep_unfused_names(module: nn.Module, fused: str, parts: dict[str, int]) -> None:
+    """`module.<fused>` is one Linear standing for several (one GEMM instead of 2-3 thin ones); checkpoints
+    keep naming the parts: state_dict() splits its weight into `parts` (name: output rows) and
+    load_state_dict() joins them back. The checkpoint format is unchanged by the fusion."""
+    names = [f"{name}.weight" for name in parts]
+
+    def split(mod, state, prefix, local_metadata):
+        weight = state.pop(prefix + fused + ".weight", None)
+        if weight is not None:
+            state.update(zip((prefix + n for n in names), weight.split(list(parts.values()))))
+
+    def join(mod, state, prefix, *_):
+        if all(prefix + n in state for n in names):
+            state[prefix + fused + ".weight"] = torch.cat([state.pop(prefix + n) for n in names])
+
+    module.register_state_dict_post_hook(split)
+    module.register_load_state_dict_pre_hook(join)
+
+
 class SwiGLU(nn.Module):
+    """w2(silu(w1 x) * w3 x), with w1|w3 computed as one projection `w13`."""
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.w1, self.w3 = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.w13 = nn.Linear(dim, 2 * hidden, bias=False)
         self.w2 = nn.Linear(hidden, dim, bias=False)
+        keep_unfused_names(self, "w13", {"w1": hidden, "w3": hidden})
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        gate, up = self.w13(x).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Attention(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = c.heads, c.kv_heads, c.head_dim
-        self.wq = nn.Linear(c.dim, c.heads * c.head_dim, bias=False)
-        self.wk = nn.Linear(c.dim, c.kv_heads * c.head_dim, bias=False)
-        self.wv = nn.Linear(c.dim, c.kv_heads * c.head_dim, bias=False)
+        self.sizes = [c.heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim]
+        # q, k and v as one GEMM: GQA leaves k and v thin (192 columns each in XL), a poor fit for a GPU alone.
+        self.wqkv = nn.Linear(c.dim, sum(self.sizes), bias=False)
         self.wo = nn.Linear(c.heads * c.head_dim, c.dim, bias=False)
         self.q_norm, self.k_norm = nn.RMSNorm(c.head_dim, eps=1e-6), nn.RMSNorm(c.head_dim, eps=1e-6)
+        keep_unfused_names(self, "wqkv", dict(zip(("wq", "wk", "wv"), self.sizes)))
 
     def project(self, x):
         """x [B, L, d] -> q [B, H, L, 64], k, v [B, KV, L, 64]; q and k normalized, not yet rotated."""
-        q = self.q_norm(self.wq(x).unflatten(-1, (self.heads, self.head_dim))).transpose(1, 2)
-        k = self.k_norm(self.wk(x).unflatten(-1, (self.kv_heads, self.head_dim))).transpose(1, 2)
-        v = self.wv(x).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
+        q, k, v = self.wqkv(x).split(self.sizes, dim=-1)
+        q = self.q_norm(q.unflatten(-1, (self.heads, self.head_dim))).transpose(1, 2)
+        k = self.k_norm(k.unflatten(-1, (self.kv_heads, self.head_dim))).transpose(1, 2)
+        v = v.unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
         return q, k, v
 
 
@@ -157,7 +187,9 @@ class FlashDecoder(nn.Module):
             nn.Linear(c.dim, 3 * c.pixel_patch**2),
         )
         self.backend = "sdpa"
+        self.render_chunk = RENDER_CHUNK
         self.caches: list[KVCache] | None = None
+        self.compiled_frame = None  # set by compile_frame()
 
     # -- shared pieces -------------------------------------------------------------------------------
 
@@ -169,25 +201,35 @@ class FlashDecoder(nn.Module):
         return self.embed(z)
 
     def grid_rope(self, gh: int, gw: int, t: torch.Tensor, device) -> torch.Tensor:
-        """3D RoPE rotations for frames at time positions t [F]: complex [F*gh*gw, 32], frame-major."""
+        """3D RoPE table for frames at time positions t [F]: [2, F*gh*gw, 64] (cos, signed sin), frame-major."""
         tt, hh, ww = torch.meshgrid(t.to(device), torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
-        return rope_cis(rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta))
+        return rope_table(rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta))
 
     def sub_frame_rope(self, device) -> torch.Tensor:
-        """1D RoPE over the 4 sub-frame positions, the whole head dim: complex [4, 32]."""
+        """1D RoPE table over the 4 sub-frame positions, the whole head dim: [2, 4, 64]."""
         c = self.config
-        return rope_cis(rope_angles(torch.arange(c.time_up, device=device), c.head_dim, c.rope_theta))
+        return rope_table(rope_angles(torch.arange(c.time_up, device=device), c.head_dim, c.rope_theta))
 
     def render(self, x: torch.Tensor, gh: int, gw: int, rope: torch.Tensor) -> torch.Tensor:
-        """Backbone tokens [F, N, d] -> pixels [F, 3, 4, 16gh, 16gw]: upsample in time, refine, spatial head."""
+        """Backbone tokens [F, N, d] -> pixels [F, 3, 4, 16gh, 16gw]: upsample in time, refine, spatial head.
+
+        Token by token, so computed in chunks of `render_chunk` tokens: exact (refinement attends only
+        within one token's 4 sub-frames; the head is per sub-frame token), and the activation peak (the
+        refinement SwiGLU and the head's GELU over 4x the tokens) is a chunk's, not the frame's."""
         c = self.config
         Fr, N, d = x.shape
-        x = self.time_up(x).reshape(Fr * N, c.time_up, d)  # each token -> its 4 sub-frames
-        for blk in self.refine:
-            x = blk(x, rope, rope, backend=self.backend)
-        px = self.head(x).reshape(Fr, gh, gw, c.time_up, -1).permute(0, 3, 4, 1, 2)  # [F, 4, 768, gh, gw]
+        chunks = [self.render_tokens(t, rope) for t in x.reshape(Fr * N, d).split(self.render_chunk)]
+        px = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # [F*N, 4, 768]
+        px = px.reshape(Fr, gh, gw, c.time_up, -1).permute(0, 3, 4, 1, 2)  # [F, 4, 768, gh, gw]
         px = F.pixel_shuffle(px.reshape(Fr * c.time_up, -1, gh, gw), c.pixel_patch)
         return px.unflatten(0, (Fr, c.time_up)).transpose(1, 2)
+
+    def render_tokens(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        """Tokens [n, d] -> the pixel patches of their 4 sub-frames [n, 4, 3*16*16]."""
+        x = self.time_up(x).unflatten(-1, (self.config.time_up, self.config.dim))  # each token -> 4 sub-frames
+        for blk in self.refine:
+            x = blk(x, rope, rope, backend=self.backend)
+        return self.head(x)
 
     # -- streaming -----------------------------------------------------------------------------------
 
@@ -222,15 +264,27 @@ class FlashDecoder(nn.Module):
         slot = self.frame_index % (c.window + 1)
         # Until the window has filled, slots holding no frame yet are masked out.
         mask = None if self.frames_seen >= c.window else (self.ages[slot] <= self.frames_seen)[None]
-        x = self.tokens(z)
-        for blk, cache in zip(self.blocks, self.caches):
-            x = blk(x, self.q_rope, self.k_rope[slot], mask, cache, self.slot_index[slot], self.backend)
-        px = self.render(x, *self.grid, self.sub_rope)
+        frame = self.compiled_frame or self.frame
+        px = frame(z, self.k_rope[slot], self.slot_index[slot], mask)
         if self.frames_seen == 0:  # the lone first latent frame makes one pixel frame: the last sub-frame
             px = px[:, :, -1:]
         self.frame_index += 1
         self.frames_seen += 1
         return px
+
+    def frame(self, z: torch.Tensor, k_rope: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None):
+        """The per-frame work on tensors only: `step` turns the Python-int state (frame index, frames seen,
+        the current slot) into the key rotations, the cache rows to write and the mask, so a compiled
+        `frame` is traced once per (batch, grid) and mask/no mask, never once per frame index."""
+        x = self.tokens(z)
+        for blk, cache in zip(self.blocks, self.caches):
+            x = blk(x, self.q_rope, k_rope, mask, cache, index, self.backend)
+        return self.render(x, *self.grid, self.sub_rope)
+
+    def compile_frame(self) -> None:
+        """torch.compile the per-frame work (inference). Inductor keeps compiled graphs in its on-disk cache,
+        so a later process with the same model and grid skips most of the warm-up."""
+        self.compiled_frame = torch.compile(self.frame, dynamic=False)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Training: the streaming path unrolled over a clip [B, C, T, h, w] -> [B, 3, 1+4(T-1), H, W]
