@@ -26,6 +26,8 @@ from .errors import FlashdecodeError
 from .latent_spaces import LATENT_SPACES
 
 DEFAULT_FPS = 16.0
+RANDOM_WEIGHTS_NOTE = ("note: the weights are random (--weights random): the video is noise; use it to measure speed "
+                       "and memory")
 FPS_RANGE = (0.01, 1000.0)  # what a video container's time base and a player handle sensibly
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
@@ -120,7 +122,7 @@ def _is_disk_error(e: BaseException) -> bool:
 def decode_file(input, output=None, *, model=None, weights=None, latent_space="auto", layout=None, key=None,
                 raw=False, device=None, dtype=None, compile=None, batch_index=None, fps=None, crf=None,
                 codec=None, preset=None, stdout_format=None, quiet=True, progress=None, json_path=None,
-                overwrite=False) -> dict:
+                overwrite=False, decoder=None) -> dict:
     """Decode the latents in `input` (.safetensors, .npy, or '-' for NPY arrays on stdin) to `output`.
 
     output: .mp4/.mkv/.mov/.webm, .y4m, a folder or %05d.png pattern, or '-' (stdout; `stdout_format` y4m,
@@ -134,6 +136,9 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     stopped; in every case the outputs are flushed first, and `json_path` gets the summary with the
     status ("error", "interrupted", "terminated", "hangup") and the frames actually on disk. The summary is
     also attached to the exception as `.summary`.
+
+    `decoder`: an already loaded `Decoder` to reuse across files (flashdecode.batch loads one per GPU); `model`,
+    `weights`, `dtype` and `compile` are then its own.
     """
     from .checkpoint import read_metadata
     from .engine import load_decoder
@@ -180,12 +185,15 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
                                        stdout_format=stdout_format or "y4m", overwrite=overwrite))
             stack.callback(writers[-1].close)  # a failure before decoding removes what was created
 
-        variant = model or ("s" if weights == "random" else None)  # else: the checkpoint's, or any bundled one
-        load_kw = {"compile": compile} if compile is not None else {}
-        decoder = load_decoder(variant, space, weights=weights, device=dev, dtype=dtype, **load_kw)
-        if decoder.random_weights:  # said even when quiet: the video will be noise
-            print("note: the weights are random (--weights random): the video is noise; use it to measure speed "
-                  "and memory", file=sys.stderr, flush=True)
+        if decoder is None:
+            variant = model or ("s" if weights == "random" else None)  # else: the checkpoint's, or any bundled one
+            load_kw = {"compile": compile} if compile is not None else {}
+            decoder = load_decoder(variant, space, weights=weights, device=dev, dtype=dtype, **load_kw)
+            if decoder.random_weights:  # said even when quiet: the video will be noise
+                print(RANDOM_WEIGHTS_NOTE, file=sys.stderr, flush=True)
+        elif decoder.latent_space.name != space:
+            raise FlashdecodeError(f"{latents.name} holds {space} latents but the decoder is for "
+                                   f"{decoder.latent_space.name}; decode files of one latent space together")
         check_memory(decoder, len(items), h, w)
         stack.pop_all()
 

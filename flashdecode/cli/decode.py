@@ -19,8 +19,10 @@ from .common import run_guarded
 @app.command()
 @run_guarded
 def decode(
-    input: str = typer.Argument(..., help="Latents: .safetensors, .npy, or '-' for stdin (NPY arrays as they arrive, "
-                                          "or one safetensors file)."),
+    input: list[str] = typer.Argument(..., help="Latents: .safetensors, .npy, or '-' for stdin (NPY arrays as they "
+                                                "arrive, or one safetensors file). Several files, a folder or a glob: "
+                                                "one video each into the folder -o DIR/ (under torchrun, shared "
+                                                "out across the ranks, one GPU each)."),
     output: str = typer.Option(None, "-o", "--output", help="Video: .mp4/.mkv/.mov/.webm, .y4m, a folder or "
                                "%05d.png pattern (PNG sequence), or '-' for stdout. Default: INPUT's name .mp4 "
                                "(stdout for stdin)."),
@@ -52,15 +54,18 @@ def decode(
     json_path: Path = typer.Option(None, "--json", help="Write a JSON summary (frames, size, fps, memory, ...) here."),
 ) -> None:
     """Decode latents to video, streaming: frames are written while decoding runs, memory stays flat."""
+    from ..batch import decode_files, is_many
     from ..pipeline import decode_file
     from ..signals import Interrupted, stop_on_signals
 
     try:
         with stop_on_signals():  # SIGTERM/SIGHUP flush the outputs like Ctrl-C
-            decode_file(input, output, model=model, weights=weights, latent_space=latent_space, layout=layout,
-                        key=key, raw=raw, device=device, dtype=dtype, compile=compile, batch_index=batch_index,
-                        fps=fps, crf=crf, codec=codec, preset=preset, stdout_format=stdout_format, quiet=quiet,
-                        json_path=json_path, overwrite=overwrite)
+            many = is_many(input)  # several files, a folder or a glob: flashdecode.batch, into the folder -o
+            run = decode_files if many else decode_file
+            run(input if many else input[0], output, model=model, weights=weights, latent_space=latent_space,
+                layout=layout, key=key, raw=raw, device=device, dtype=dtype, compile=compile, batch_index=batch_index,
+                fps=fps, crf=crf, codec=codec, preset=preset, stdout_format=stdout_format, quiet=quiet,
+                json_path=json_path, overwrite=overwrite)
     except Interrupted as e:
         print(e.status, file=sys.stderr, flush=True)
         raise typer.Exit(e.exit_code) from None

@@ -1,0 +1,231 @@
+"""Many latent files -> one output folder, shared out across GPUs under torchrun.
+
+    flashdecode decode gen/*.safetensors -o videos/                    # one process, one progress view
+    torchrun --nproc-per-node 8 -m flashdecode decode gen/ -o videos/  # 8 ranks, one GPU each
+
+    import flashdecode.batch
+    summary = flashdecode.batch.decode_files(["gen/"], "videos/", weights="random")
+
+Every rank expands the same inputs in the same order and takes every world_size-th file, so each output is
+written exactly once and no rank needs to hear from another until the end. Each rank loads its decoder once
+(per latent space) and decodes its files one after another with `flashdecode.decode_file`; a file that fails
+is recorded and the rest go on. At the end the ranks gather their per-file summaries (torch.distributed,
+gloo: a few hundred bytes each, no GPU collective needed) and rank 0 prints the total and writes the JSON.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import FlashdecodeError
+
+LATENT_SUFFIXES = (".safetensors", ".npy")
+
+
+# -- which files, which outputs ---------------------------------------------------------------------------
+
+def is_many(inputs: list[str]) -> bool:
+    """Several inputs, a folder, or a glob pattern the shell left alone: a batch into an output folder."""
+    if len(inputs) != 1:
+        return True
+    path = inputs[0]
+    return path != "-" and (Path(path).is_dir() or (glob.has_magic(path) and not Path(path).exists()))
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given; a folder's .safetensors/.npy files; a glob's matches (each sorted). Duplicates once."""
+    found: list[Path] = []
+    for item in inputs:
+        if item == "-":
+            raise FlashdecodeError("'-' (stdin) decodes one stream; it cannot be one of several inputs")
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in LATENT_SUFFIXES and p.is_file())
+            if not files:
+                raise FlashdecodeError(f"folder {path} holds no .safetensors or .npy files")
+        elif glob.has_magic(item) and not path.exists():
+            files = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            if not files:
+                raise FlashdecodeError(f"no file matches {item!r}")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FlashdecodeError(f"input {path} does not exist")
+        found += files
+    return list(dict.fromkeys(found))
+
+
+def plan_outputs(files: list[Path], outdir: Path, suffix: str = ".mp4") -> list[Path]:
+    """outdir/<input's name><suffix> for each input; two inputs that would write one file are refused."""
+    outputs = [outdir / (f.stem + suffix) for f in files]
+    first: dict[Path, Path] = {}
+    for f, out in zip(files, outputs):
+        if out in first:
+            raise FlashdecodeError(f"{first[out]} and {f} would both be written to {out}; rename one of them")
+        first[out] = f
+    return outputs
+
+
+def check_outdir(output: str | None) -> Path:
+    """-o for many inputs is a folder (created if missing); default: the current folder."""
+    if output is None:
+        return Path(".")
+    if output == "-" or Path(output).suffix:
+        raise FlashdecodeError(f"several inputs are decoded into a folder, one video each; pass -o FOLDER/, "
+                               f"not {output!r}")
+    outdir = Path(output)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FlashdecodeError(f"cannot create output folder {outdir}: {e.strerror or e}") from None
+    if not os.access(outdir, os.W_OK):
+        raise FlashdecodeError(f"output folder {outdir} is not writable")
+    return outdir
+
+
+# -- ranks ------------------------------------------------------------------------------------------------
+
+def distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; joins the process group when world > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # only small Python objects travel: no NCCL, works on CPU too
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def rank_device(device: str | None, world: int, local_rank: int) -> str | None:
+    """One GPU per rank: cuda:LOCAL_RANK when several ranks share a node (unless a device index was given)."""
+    import torch
+
+    if world == 1 or device == "cpu" or (device or "").startswith("cuda:"):
+        return device
+    if device == "cuda" or (device is None and torch.cuda.is_available()):
+        torch.cuda.set_device(local_rank)
+        return f"cuda:{local_rank}"
+    return device
+
+
+def gather(results: list[dict], world: int) -> list[dict]:
+    if world == 1:
+        return results
+    import torch.distributed as dist
+
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, results)
+    return sorted((r for rank in everyone for r in rank), key=lambda r: r["index"])
+
+
+# -- the run ----------------------------------------------------------------------------------------------
+
+def _peek(path: Path, latent_space: str, weights, key, layout) -> tuple[str, int]:
+    """(latent space, latent frames) of one file, as decode_file will resolve them."""
+    from .checkpoint import read_metadata
+    from .latents_io import open_latents
+    from .pipeline import resolve_latent_space
+
+    weights_meta = read_metadata(weights) if weights not in (None, "random") else {}
+    latents = open_latents(path, key=key, layout=layout, check=False)
+    return resolve_latent_space(latent_space, latents, weights_meta), latents.shape[2]
+
+
+def decode_files(inputs: list[str], output: str | None = None, *, model=None, weights=None, latent_space="auto",
+                 layout=None, key=None, device=None, dtype=None, compile=None, quiet=True, json_path=None,
+                 suffix: str = ".mp4", **decode_kw) -> dict:
+    """Decode every input (files, folders, globs) to OUTPUT/<name><suffix>; under torchrun, shared across ranks.
+
+    Other keywords (raw, batch_index, fps, crf, codec, preset, overwrite) go to `decode_file` for every file.
+    Returns the summary (also written to `json_path` by rank 0): status, inputs, ok, failed, outputs, frames,
+    seconds, world_size, and `files`, one `decode_file` summary per input with its rank. Raises
+    FlashdecodeError on rank 0 if any file failed (after the others are written and the summary saved).
+    """
+    from .engine import load_decoder
+    from .pipeline import RANDOM_WEIGHTS_NOTE, decode_file, resolve_device
+    from .progress import DecodeProgress
+
+    if decode_kw.get("stdout_format"):
+        raise FlashdecodeError("--format applies to stdout (-o -); several inputs are decoded into a folder")
+    files = expand_inputs(inputs)
+    outdir = check_outdir(output)
+    outputs = plan_outputs(files, outdir, suffix)
+    json_path = Path(json_path) if json_path is not None else None
+    if json_path is not None and not json_path.parent.is_dir():
+        raise FlashdecodeError(f"--json {json_path}: folder {json_path.parent} does not exist")
+    rank, world, local_rank = distributed()
+    dev = resolve_device(rank_device(device, world, local_rank))
+    mine = list(range(rank, len(files), world))  # every world-th file: each output written by exactly one rank
+
+    decoders: dict = {}  # one per latent space met on this rank, loaded on first use
+    display = DecodeProgress(dev, quiet=quiet or rank != 0)  # one view: rank 0's files, total over ranks at the end
+    results, start, status = [], time.perf_counter(), "ok"
+    try:
+        for n, i in enumerate(mine):
+            display.label = f"decode [{n + 1}/{len(mine)}{f' on rank 0 of {world}' if world > 1 else ''}] {files[i].name}"
+            seen = [0, 0]
+
+            def progress(latent_frames, pixel_frames):
+                display.update(latent_frames - seen[0], pixel_frames - seen[1])
+                seen[:] = latent_frames, pixel_frames
+
+            try:
+                space, _ = _peek(files[i], latent_space, weights, key, layout)
+                if space not in decoders:
+                    variant = model or ("s" if weights == "random" else None)
+                    load_kw = {"compile": compile} if compile is not None else {}
+                    decoders[space] = load_decoder(variant, space, weights=weights, device=dev, dtype=dtype, **load_kw)
+                    if decoders[space].random_weights and rank == 0:
+                        print(RANDOM_WEIGHTS_NOTE, file=sys.stderr, flush=True)
+                summary = decode_file(files[i], outputs[i], latent_space=space, layout=layout, key=key,
+                                      weights=weights, decoder=decoders[space], quiet=True, progress=progress,
+                                      **decode_kw)
+            except Exception as e:  # recorded; the other files go on (and no rank is left waiting at the gather)
+                message = str(e) if isinstance(e, FlashdecodeError) else f"{files[i]}: {type(e).__name__}: {e}"
+                summary = {**getattr(e, "summary", {}), "status": "error", "input": str(files[i]), "error": message}
+                print(f"failed: {message}", file=sys.stderr, flush=True)
+            results.append({**summary, "index": i, "rank": rank})
+    except KeyboardInterrupt:
+        status = "interrupted"  # decode_file has flushed the file it was on; the summary says what is done
+        raise
+    finally:
+        stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", f" ({len(results)} files)")
+        if status != "ok" and rank == 0:  # no gather: the other ranks are being stopped too
+            _write_summary(json_path, _summary(results, files, world, time.perf_counter() - start, status))
+    everything = gather(results, world)
+    summary = _summary(everything, files, world, time.perf_counter() - start, status)
+    summary["peak_mem_bytes_rank0"] = stats.get("peak_mem_bytes")
+    if rank == 0:
+        _write_summary(json_path, summary)
+        if not quiet:
+            print(f"{summary['ok']} of {len(files)} files decoded ({summary['frames']} frames) into {outdir} in "
+                  f"{summary['seconds']:.2f} s" + (f" by {world} ranks" if world > 1 else ""), file=sys.stderr,
+                  flush=True)
+        if summary["failed"]:
+            first = next(r for r in everything if r["status"] != "ok")
+            raise FlashdecodeError(f"{summary['failed']} of {len(files)} inputs failed (the first: {first['error']})"
+                                   + (f"; see {json_path}" if json_path else ""))
+    return summary
+
+
+def _summary(results: list[dict], files: list[Path], world: int, seconds: float, status: str) -> dict:
+    failed = sum(r["status"] != "ok" for r in results)
+    if status == "ok" and failed:
+        status = "error"
+    return {"status": status, "inputs": len(files), "ok": sum(r["status"] == "ok" for r in results),
+            "failed": failed, "outputs": [o for r in results for o in r.get("outputs", []) if r["status"] == "ok"],
+            "frames": sum(r.get("frames", 0) for r in results), "seconds": round(seconds, 3), "world_size": world,
+            "files": results}
+
+
+def _write_summary(json_path: Path | None, summary: dict) -> None:
+    if json_path is not None:
+        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+__all__ = ["decode_files", "expand_inputs", "is_many", "plan_outputs"]
