@@ -13,7 +13,7 @@ function plus option parsing.
 from __future__ import annotations
 
 import contextlib
-import errno
+import inspect
 import json
 import math
 import os
@@ -29,7 +29,6 @@ DEFAULT_FPS = 16.0
 RANDOM_WEIGHTS_NOTE = ("note: the weights are random (--weights random): the video is noise; use it to measure speed "
                        "and memory")
 FPS_RANGE = (0.01, 1000.0)  # what a video container's time base and a player handle sensibly
-DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 # -- checking the options ---------------------------------------------------------------------------------
@@ -113,8 +112,9 @@ def output_names(output: str, items: list[int]) -> list[str]:
     return [output] if len(items) == 1 else [batch_output_name(output, i) for i in items]
 
 
-def _is_disk_error(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
+def _stream_kwargs(decoder) -> dict:
+    """native=True where the decoder offers it: the model's own output, converted once, on its device."""
+    return {"native": True} if "native" in inspect.signature(decoder.stream).parameters else {}
 
 
 # -- the run ----------------------------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     from .memory import check_memory
     from .progress import DecodeProgress
     from .signals import stop_status
-    from .video_io import VideoWriter, output_kind, to_uint8_frames
+    from .convert import HostCopies, convert, frame_shape
+    from .video_io import VideoWriter, is_disk_error, output_kind
 
     input = str(input)
     output = str(output) if output is not None else ("-" if input == "-" else Path(input).with_suffix(".mp4").name)
@@ -200,14 +201,17 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     chunks = latents.chunks
     if batch_index is not None:
         chunks = (z[batch_index:batch_index + 1] for z in chunks)
+    fmt = writers[0].input_format  # yuv420p for video encoders, rgb24 for PNG, y4m, raw (one kind per run)
+    copies = HostCopies(decoder.device)
     display = DecodeProgress(decoder.device, total_latent_frames=T, quiet=quiet)
     status, failure = "stopped", None
     try:
-        for pixels in decoder.stream(chunks, raw=raw):
-            frames = to_uint8_frames(pixels)  # [B,k,H,W,3] uint8 on the CPU
-            for writer, item_frames in zip(writers, frames):
-                writer.write(item_frames)
-            display.update(1, frames.shape[0] * frames.shape[1])
+        for pixels in decoder.stream(chunks, raw=raw, **_stream_kwargs(decoder)):
+            nb, _, k, H, W = pixels.shape
+            host, ready, done = copies.to_host(convert(pixels, fmt), readers=len(writers))  # uint8 [B,k,...]
+            for writer, item in zip(writers, host):
+                writer.write(item.reshape(k, *frame_shape(fmt, H, W)), fmt, ready, done)
+            display.update(1, nb * k)
             if progress is not None:
                 progress(display.latent_frames, display.pixel_frames)
         status = "ok"
@@ -228,7 +232,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
         status, failure = "error", close_error
     if status == "ok" and display.latent_frames == 0:
         status, failure = "error", FlashdecodeError(f"{latents.name} held no latent frames; nothing was written")
-    if failure is not None and _is_disk_error(failure):
+    if failure is not None and is_disk_error(failure):
         failure = FlashdecodeError(f"cannot write {', '.join(outputs)}: {failure.strerror or failure} (disk full or "
                                    "file-size limit); the file holds the frames written before that")
     written = min(wr.frames_written for wr in writers)

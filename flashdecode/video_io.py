@@ -1,14 +1,23 @@
 """Writing decoded frames: MP4/MKV/WebM (PyAV), PNG sequences, .y4m, or stdout (y4m, raw rgb24, fragmented MP4).
 
-Frames arrive as uint8 [k,H,W,3] chunks. A `VideoWriter` hands them to its own thread through a bounded
-queue: the decoder never waits on the encoder unless the encoder falls a few chunks behind, and then it
-does wait (back-pressure) instead of piling frames up in memory. Closing always flushes the encoder, so
-whatever was written is a playable file; an output that received no frame is removed.
+Frames arrive as uint8 chunks: rgb24 [k,H,W,3], or for the video encoders I420 [k,H*3/2,W] already
+converted on the device (convert.py; `VideoWriter.input_format` says which a writer wants). A `VideoWriter`
+hands them to its own thread through a bounded queue: the decoder never waits on the encoder unless the
+encoder falls a few chunks behind, and then it does wait (back-pressure) instead of piling frames up.
+
+What is on disk is playable at any moment: MP4/MOV are written as fragmented MP4 with a keyframe about
+every second and each fragment flushed as it is made, MKV/WebM close a cluster about every second, so
+even kill -9 loses at most the last second. Closing always flushes the encoder. If the disk fills (or a
+file-size limit is hit), the file is cut back to its last complete fragment (or removed if none is left)
+and `frames_written` is what the file holds; an output that received no frame is removed.
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
+import re
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -21,6 +30,15 @@ from .errors import FlashdecodeError
 CONTAINERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
 DEFAULT_CRF = {"libx264": 18, "libx265": 22, "libvpx-vp9": 30, "libaom-av1": 30, "libsvtav1": 30}
 STDOUT_FORMATS = ("y4m", "raw", "mp4")
+PRESETS = {"libx264": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                       "placebo"),
+           "libx265": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                       "placebo")}
+DEFAULT_PRESET = "veryfast"  # keeps pace with XL on an H200 (x264 376 fps at 720p on 16 cores; medium: 130)
+FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof"  # playable at every keyframe, from a pipe too
+KEYFRAME_SECONDS = 1.0  # one fragment (MP4) or cluster (MKV) a second: what kill -9 can lose
+DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+PNG_PATTERN = re.compile(r"%0?(\d*)d")
 QUEUE_CHUNKS = 4  # chunks in flight between decoder and encoder; each chunk is at most 4 frames
 
 
@@ -51,7 +69,12 @@ def output_kind(output: str) -> str:
     if "%" in path.name:
         if suffix != ".png":
             raise FlashdecodeError(f"output pattern {output!r} must end in .png (e.g. frames/%05d.png)")
+        if len(PNG_PATTERN.findall(path.name.replace("%%", ""))) != 1 or path.name.replace("%%", "").count("%") != 1:
+            raise FlashdecodeError(f"output pattern {output!r} needs exactly one frame number like %05d or %d "
+                                   "(write a literal % as %%)")
         return "png"
+    if "%" in str(path.parent):
+        raise FlashdecodeError(f"output {output!r}: a frame-number pattern goes in the file name, not the folder")
     if suffix in CONTAINERS:
         return "container"
     if suffix == ".y4m":
@@ -77,25 +100,93 @@ def batch_output_name(output: str, index: int) -> str:
     return str(path.with_name(f"{path.stem}_b{index}{path.suffix}"))
 
 
-def _check_codec(codec: str) -> None:
+def _check_codec(codec: str, preset: str | None = None) -> None:
     import av
 
     try:
-        av.Codec(codec, "w")
+        kind = av.Codec(codec, "w").type
     except Exception:
-        raise FlashdecodeError(f"unknown or unavailable video encoder {codec!r}; try libx264, libx265, libvpx-vp9, "
-                               "mpeg4 or ffv1 (`ffmpeg -encoders` lists what your PyAV build has)") from None
+        kind = None
+    if kind != "video":
+        what = f"is an {kind} encoder, not a video one" if kind else "is an unknown or unavailable video encoder"
+        raise FlashdecodeError(f"--codec {codec!r} {what}; try libx264, libx265, libvpx-vp9, mpeg4 or ffv1 "
+                               "(`ffmpeg -encoders` lists what your PyAV build has)")
+    if preset is not None:
+        if codec not in PRESETS:
+            raise FlashdecodeError(f"--preset applies to {' and '.join(PRESETS)}, not {codec!r}; drop --preset")
+        if preset not in PRESETS[codec]:
+            raise FlashdecodeError(f"unknown --preset {preset!r} for {codec}; choose one of {', '.join(PRESETS[codec])}")
+
+
+def check_fps(fps: float) -> None:
+    import math
+
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 0.01 <= fps <= 1000):
+        raise FlashdecodeError(f"fps {fps} is not a usable frame rate; give a number between 0.01 and 1000")
+
+
+def png_frames(folder: Path, pattern: str) -> list[Path]:
+    """The files in `folder` that `pattern` (e.g. %05d.png) could have written."""
+    literal = pattern.replace("%%", "\0")
+    m = PNG_PATTERN.search(literal)
+    head, tail = (part.replace("\0", "%") for part in (literal[:m.start()], literal[m.end():]))
+    rx = re.compile(re.escape(head) + r"\d{%d,}" % int(m.group(1) or 1) + re.escape(tail))
+    return sorted(p for p in folder.iterdir() if rx.fullmatch(p.name)) if folder.is_dir() else []
+
+
+def complete_fragments_size(path) -> int:
+    """Bytes of a fragmented MP4 up to the end of its last complete fragment (0: no complete fragment).
+
+    Walks the top-level boxes (ftyp, moov, moof+mdat pairs, mfra at the end); a box cut short by a full disk
+    or a kill ends the walk.
+    """
+    size, pos, good = os.path.getsize(path), 0, 0
+    with open(path, "rb") as f:
+        while pos + 8 <= size:
+            f.seek(pos)
+            n, kind = struct.unpack(">I4s", f.read(8))
+            if n == 1 and pos + 16 <= size:
+                n = struct.unpack(">Q", f.read(8))[0]
+            if n < 8 or pos + n > size:
+                break
+            pos += n
+            if kind != b"moof":  # a fragment's header counts only together with its data (the next mdat)
+                good = pos
+    return good
+
+
+def count_video_frames(path) -> int:
+    """Frames a reader finds in a video file (packets of its video stream, no decoding); 0 if unreadable."""
+    import av
+
+    try:
+        with av.open(str(path)) as c:
+            return sum(1 for p in c.demux(video=0) if p.size)
+    except Exception:
+        return 0
 
 
 class _AVSink:
-    """One PyAV container and video stream, created on the first frames (their size sets the stream's)."""
+    """One PyAV container and video stream, created on the first frames (their size sets the stream's).
+
+    A video encoder is fed yuv420p frames straight into its planes (no swscale in this thread) and its
+    stream is tagged BT.709 limited range, the mapping convert.py uses; image2 (PNG) and y4m take rgb24.
+    """
 
     def __init__(self, target, fmt: str | None, codec: str, fps: float, crf: int | None,
-                 container_options: dict | None = None):
+                 container_options: dict | None = None, preset: str | None = None):
+        import av
+
         self.target, self.fmt, self.codec, self.fps = target, fmt, codec, fps
         self.crf = crf if crf is not None else DEFAULT_CRF.get(codec)
+        self.preset = preset or (DEFAULT_PRESET if codec in PRESETS else None)
         self.container_options = container_options or {}
         self.container = self.stream = None
+        formats = [f.name for f in (av.Codec(codec, "w").video_formats or [])]
+        wanted = "rgb24" if codec == "png" else "yuv420p"
+        self.pix_fmt = wanted if not formats or wanted in formats else formats[0]
+        # y4m (rawvideo) stays rgb24 -> swscale as before: it cannot carry the colour tags
+        self.input_format = "yuv420p" if self.pix_fmt == "yuv420p" and codec != "rawvideo" else "rgb24"
 
     def _open(self, height: int, width: int) -> None:
         import av
@@ -106,21 +197,34 @@ class _AVSink:
             options["crf"] = str(self.crf)
             if self.codec == "libvpx-vp9":
                 options["b"] = "0"  # constant quality: VP9 needs a zero bitrate for CRF to rule
+        if self.preset is not None:
+            options["preset"] = self.preset
         self.container = av.open(self.target, "w", format=self.fmt, container_options=self.container_options)
         self.stream = self.container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001),
                                                 options=options)
-        formats = [f.name for f in (av.Codec(self.codec, "w").video_formats or [])]
-        pix_fmt = "rgb24" if self.codec == "png" else "yuv420p"
-        self.stream.pix_fmt = pix_fmt if not formats or pix_fmt in formats else formats[0]
+        self.stream.pix_fmt = self.pix_fmt
         self.stream.width, self.stream.height = width, height
+        if self.input_format == "yuv420p":
+            ctx = self.stream.codec_context
+            ctx.colorspace = ctx.color_primaries = ctx.color_trc = 1  # BT.709
+            ctx.color_range = 1  # limited ("tv", "mpeg")
+            ctx.gop_size = max(1, round(self.fps * KEYFRAME_SECONDS))  # a fragment/cluster a second
+            self.stream.thread_type = "AUTO"  # frame threading: x264 keeps pace with the GPU
 
-    def write(self, frames: np.ndarray) -> None:
+    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
         import av
 
+        if fmt == "rgb24" and self.input_format == "yuv420p":
+            from .convert import rgb24_to_i420
+
+            frames, fmt = rgb24_to_i420(frames), "yuv420p"  # the same BT.709 mapping as on the device
         if self.container is None:
-            self._open(*frames.shape[1:3])
-        for rgb in frames:
-            for packet in self.stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            self._open(*((frames.shape[1] * 2 // 3, frames.shape[2]) if fmt == "yuv420p" else frames.shape[1:3]))
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(f, format=fmt)
+            if fmt == "yuv420p":
+                frame.colorspace, frame.color_range = 1, 1
+            for packet in self.stream.encode(frame):
                 self.container.mux(packet)
 
     def close(self) -> None:
@@ -137,10 +241,12 @@ class _AVSink:
 class _RawSink:
     """rgb24 bytes, frame after frame, no header (ffmpeg: -f rawvideo -pix_fmt rgb24 -s WxH)."""
 
+    input_format = "rgb24"
+
     def __init__(self, fp):
         self.fp = fp
 
-    def write(self, frames: np.ndarray) -> None:
+    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
         self.fp.write(np.ascontiguousarray(frames).data)
 
     def close(self) -> None:
@@ -151,18 +257,30 @@ def _stdout_binary():
     """Unbuffered binary stdout, so a downstream reader sees each frame as soon as it is encoded."""
     if sys.stdout is None:
         raise FlashdecodeError("stdout is closed; pass -o FILE")
-    if sys.stdout.isatty():
+    try:
+        fd = sys.stdout.fileno()
+        is_tty = sys.stdout.isatty()
+    except (OSError, ValueError):
+        raise FlashdecodeError("stdout is closed; pass -o FILE") from None
+    if is_tty:
         raise FlashdecodeError("refusing to write binary video to a terminal; redirect stdout "
                                "(e.g. `| ffplay -`) or pass -o FILE")
     sys.stdout.flush()
-    return open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+    return open(fd, "wb", buffering=0, closefd=False)
+
+
+def is_disk_error(e: BaseException | None) -> bool:
+    """A full disk, quota or file-size limit (RLIMIT_FSIZE)."""
+    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
 
 
 class VideoWriter:
-    """Write uint8 [k,H,W,3] chunks to `output` on a background thread fed through a bounded queue.
+    """Write uint8 chunks to `output` on a background thread fed through a bounded queue.
 
     output: '-' (stdout, `stdout_format` y4m|raw|mp4), *.mp4/.mkv/.mov/.webm, *.y4m, a folder or a
     %05d.png pattern. The output is checked (and created) here, before any decoding; `close()` flushes.
+    A PNG folder that already holds frames of the pattern is refused unless `overwrite` (then they are
+    deleted first), so two runs never mix. `preset`: the x264/x265 speed preset (default veryfast).
     """
 
     def __init__(self, output: str, fps: float = 16.0, crf: int | None = None, codec: str | None = None,
@@ -176,39 +294,55 @@ class VideoWriter:
         self._error: BaseException | None = None
         self._error_reported = False
         self._closed = False
-        self.sink = self._make_sink(output, fps, crf, codec, stdout_format)
+        self.sink = self._make_sink(output, fps, crf, codec, stdout_format, preset, overwrite)
         self._queue: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self._thread = threading.Thread(target=self._run, name="flashdecode-writer", daemon=True)
         self._thread.start()
 
+    @property
+    def input_format(self) -> str:
+        """'yuv420p' (I420 [k,H*3/2,W], converted on the device) or 'rgb24' ([k,H,W,3]): what to hand write()."""
+        return self.sink.input_format
+
     # -- set-up: everything that can fail because of the output happens here, before decoding ----------
 
-    def _make_sink(self, output: str, fps: float, crf, codec, stdout_format):
-        if fps <= 0:
-            raise FlashdecodeError(f"--fps must be positive, got {fps}")
+    def _make_sink(self, output: str, fps: float, crf, codec, stdout_format, preset, overwrite):
+        check_fps(fps)
         if self.kind == "stdout":
             if stdout_format not in STDOUT_FORMATS:
                 raise FlashdecodeError(f"unknown stdout format {stdout_format!r}; choose {', '.join(STDOUT_FORMATS)}")
+            if stdout_format == "mp4":
+                codec = codec or "libx264"
+                _check_codec(codec, preset)
             fp = _stdout_binary()
             if stdout_format == "raw":
                 return _RawSink(fp)
             if stdout_format == "y4m":
                 return _AVSink(fp, "yuv4mpegpipe", "rawvideo", fps, None)
-            codec = codec or "libx264"
-            _check_codec(codec)
-            return _AVSink(fp, "mp4", codec, fps, crf, {"movflags": "frag_keyframe+empty_moov"})
+            return _AVSink(fp, "mp4", codec, fps, crf, {"movflags": FRAGMENTED_MP4}, preset)
         path = Path(output)
         if self.kind == "png":
             folder, pattern = (path.parent, path.name) if "%" in path.name else (path, "%05d.png")
+            stale = png_frames(folder, pattern)
+            if stale and not overwrite:
+                raise FlashdecodeError(f"output folder {folder} already holds {len(stale)} frames named like "
+                                       f"{pattern} ({stale[0].name}, ...); pass --overwrite (-y) to replace them, "
+                                       "or pick an empty folder")
             self._make_folder(folder)
+            for p in stale:  # --overwrite: the old run's frames go, so the folder holds this run's only
+                p.unlink()
             return _AVSink(str(folder / pattern), "image2", "png", fps, None, {"start_number": "0"})
         if self.kind == "y4m":
             self._touch(path)
             return _AVSink(str(path), "yuv4mpegpipe", "rawvideo", fps, None)
         codec = codec or CONTAINERS[path.suffix.lower()]
-        _check_codec(codec)
+        _check_codec(codec, preset)
         self._touch(path)
-        return _AVSink(str(path), None, codec, fps, crf)
+        # Playable at any moment: fragmented MP4, or a Matroska cluster a second; each written out at once.
+        options = {"movflags": FRAGMENTED_MP4} if path.suffix.lower() in (".mp4", ".mov") else \
+            {"cluster_time_limit": str(int(KEYFRAME_SECONDS * 1000))}
+        options["flush_packets"] = "1"
+        return _AVSink(str(path), None, codec, fps, crf, options, preset)
 
     def _touch(self, path: Path) -> None:
         """Create the file now: an unwritable output fails before any decoding, not after it."""
@@ -238,23 +372,33 @@ class VideoWriter:
     # -- the writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (frames := self._queue.get()) is not None:
-            if self._error is not None:
-                continue  # keep draining so the producer never blocks on a dead writer
+        while (item := self._queue.get()) is not None:
+            frames, fmt, ready, done = item
             try:
-                self.sink.write(frames)
-                self.frames_written += len(frames)
+                if self._error is None:  # else keep draining so the producer never blocks on a dead writer
+                    ready()
+                    self.sink.write(frames, fmt)
+                    self.frames_written += len(frames)
             except BaseException as e:  # handed to the decoding thread on its next write()/close()
                 self._error = e
+            finally:
+                done()
 
-    def write(self, frames: np.ndarray) -> None:
-        """Queue uint8 [k,H,W,3] frames; blocks while the queue is full (the encoder is behind)."""
+    def write(self, frames: np.ndarray, fmt: str = "rgb24", ready=None, done=None) -> None:
+        """Queue uint8 frames, rgb24 [k,H,W,3] or yuv420p [k,H*3/2,W]; blocks while the queue is full.
+
+        `ready()` (if given) runs on the writer thread before the frames are read (a CUDA copy's event),
+        `done()` once they are no longer needed (the host buffer may be reused).
+        """
         self._raise_pending()
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames must be uint8 [k,H,W,3], got {frames.dtype} {list(frames.shape)}")
+        shape_ok = frames.ndim == 4 and frames.shape[-1] == 3 if fmt == "rgb24" else \
+            frames.ndim == 3 and frames.shape[1] % 3 == 0 and fmt == "yuv420p"
+        if frames.dtype != np.uint8 or not shape_ok:
+            raise ValueError(f"frames must be uint8 rgb24 [k,H,W,3] or yuv420p [k,H*3/2,W], got {fmt} "
+                             f"{frames.dtype} {list(frames.shape)}")
         if self.size is None:
-            self.size = frames.shape[1:3]
-        self._queue.put(frames)
+            self.size = (frames.shape[1] * 2 // 3, frames.shape[2]) if fmt == "yuv420p" else frames.shape[1:3]
+        self._queue.put((frames, fmt, ready or _nothing, done or _nothing))
 
     def _raise_pending(self) -> None:
         if self._error is not None and not self._error_reported:
@@ -262,7 +406,10 @@ class VideoWriter:
             raise self._error
 
     def close(self) -> None:
-        """Finish the queued frames, flush the encoder, close the file; remove it if no frame arrived."""
+        """Finish the queued frames, flush the encoder, close the file; remove it if no frame arrived.
+
+        After a full disk the file is cut back to what a reader can play, and frames_written recounted.
+        """
         if self._closed:
             return
         self._closed = True
@@ -274,9 +421,24 @@ class VideoWriter:
         except Exception as e:  # a broken pipe already reported by write() also breaks the final flush
             if self._error is None:
                 self._error = e
+        if is_disk_error(self._error) and self.kind in ("container", "y4m"):
+            self._salvage(Path(self.output))
         if self.frames_written == 0:
             self._remove_created()
         self._raise_pending()
+
+    def _salvage(self, path: Path) -> None:
+        """Keep the complete fragments of a file cut short by a full disk; remove it if none is playable."""
+        try:
+            if path.suffix.lower() in (".mp4", ".mov"):
+                good = complete_fragments_size(path)
+                if good < os.path.getsize(path):
+                    os.truncate(path, good)
+            self.frames_written = min(self.frames_written, count_video_frames(path))
+        except OSError:
+            self.frames_written = 0
+        if self.frames_written == 0 and path not in self._created:
+            self._created.append(path)  # unplayable: it goes, whether or not it was there before
 
     def _remove_created(self) -> None:
         for p in self._created:
@@ -291,3 +453,7 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _nothing() -> None:
+    pass

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import resource
 import select
 import signal
 import subprocess
@@ -148,7 +149,10 @@ def test_pipeline_y4m_bytes_flow_before_producer_finishes(tmp_path):
     assert count_frames(io.BytesIO(data + rest), format="yuv4mpegpipe") == (13, 64, 64)
 
 
-def test_sigint_leaves_playable_mp4(tmp_path):
+@pytest.mark.parametrize("sig, code, status", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated"),
+                                              (signal.SIGHUP, 129, "hangup")])
+def test_signal_leaves_playable_mp4(tmp_path, sig, code, status):
+    """Ctrl-C, SIGTERM (timeout, docker, systemd) and SIGHUP all flush: a finished MP4 and a truthful --json."""
     out = tmp_path / "cut.mp4"
     prod = producer(3, 6, tmp_path / "never")  # 3 frames, then it stalls
     dec = popen("decode", "-", "-o", str(out), *TINY, "--json", str(tmp_path / "s.json"), stdin=prod.stdout,
@@ -167,17 +171,57 @@ def test_sigint_leaves_playable_mp4(tmp_path):
     reader.start()
     try:
         assert seen3.wait(90), "".join(lines)
-        dec.send_signal(signal.SIGINT)
-        assert dec.wait(30) == 130
+        dec.send_signal(sig)
+        assert dec.wait(30) == code
     finally:
         prod.kill()
         dec.kill()
     reader.join(5)
     err = "".join(lines)
-    assert "interrupted after 9 frames" in err and "holds 9 frames" in err and "Traceback" not in err
+    assert f"{status} after 9 frames" in err and "holds 9 frames" in err and "Traceback" not in err, err
+    assert err.rstrip().endswith(status)
     assert count_frames(str(out)) == (9, 64, 64)  # 1 + 4 + 4 frames, a finished, playable MP4
     s = json.loads((tmp_path / "s.json").read_text())
-    assert (s["status"], s["frames"], s["latent_frames"]) == ("interrupted", 9, 3)
+    assert (s["status"], s["frames"], s["latent_frames"]) == (status, 9, 3)
+
+
+def _limit_file_size(limit):
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG (kept across exec)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+@pytest.mark.parametrize("name", ["v.mp4", "v.mkv"])
+def test_file_size_limit_one_line_playable_file_truthful_json(tmp_path, name):
+    np.save(tmp_path / "z.npy", np.random.default_rng(0).standard_normal((1, 16, 30, 8, 8)).astype(np.float32))
+    out, summary = tmp_path / name, tmp_path / "s.json"
+    r = cli("decode", str(tmp_path / "z.npy"), "-o", str(out), *TINY, "--json", str(summary), "--quiet",
+            preexec_fn=_limit_file_size(10_000))
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "File too large (disk full or file-size limit)" in errors[0], err
+    s = json.loads(summary.read_text())
+    assert s["status"] == "error" and 0 < s["frames"] < 117
+    assert count_frames(str(out))[0] == s["frames"]  # the JSON tells what a player finds
+
+
+def test_decode_file_api(tmp_path):
+    """The library entry point the CLI is a layer over: one call, the --json summary back."""
+    import flashdecode
+
+    seen = []
+    summary = flashdecode.decode_file(CROP, tmp_path / "v.mp4", model="tiny", weights="random", preset="ultrafast",
+                                      json_path=tmp_path / "s.json", progress=lambda lat, pix: seen.append((lat, pix)))
+    assert summary == json.loads((tmp_path / "s.json").read_text())
+    assert (summary["status"], summary["frames"], summary["outputs"]) == ("ok", 9, [str(tmp_path / "v.mp4")])
+    assert seen == [(1, 1), (2, 5), (3, 9)]
+    assert count_frames(str(tmp_path / "v.mp4")) == (9, 64, 64)
+    flashdecode.decode_file(CROP, tmp_path / "frames", model="tiny", weights="random")
+    with pytest.raises(FlashdecodeError, match="already holds 9 frames"):  # a second run never mixes frames in
+        flashdecode.decode_file(CROP, tmp_path / "frames", model="tiny", weights="random")
+    assert len(list((tmp_path / "frames").iterdir())) == 9
 
 
 def test_closed_stdout_pipe_ends_cleanly(tmp_path):
@@ -248,6 +292,21 @@ def _write(tmp_path, name, data=None, array=None):
     return str(p)
 
 
+def _with_metadata(tmp_path, **metadata):
+    from safetensors.torch import load_file, save_file
+
+    p = tmp_path / "m.safetensors"
+    save_file(load_file(CROP), p, metadata=metadata)
+    return str(p)
+
+
+def _png_run(tmp_path):
+    (tmp_path / "seq").mkdir()
+    for i in range(2):
+        (tmp_path / "seq" / f"{i:05d}.png").write_bytes(b"an earlier run")
+    return str(CROP)
+
+
 def nan_latents():
     z = np.zeros((1, 16, 3, 8, 8), np.float32)
     z[0, 4, 1, 2, 3] = np.nan
@@ -281,8 +340,24 @@ ERRORS = {  # name: (make input -> path, extra args, expected message)
     "batch to stdout": (lambda t: _write(t, "b.npy", array=np.zeros((2, 16, 1, 8, 8), np.float32)), ["-o", "-"],
                         "holds a batch of 2; stdout takes one video: pass --batch-index N"),
     "format without stdout": (lambda t: str(CROP), ["--format", "raw"], "--format applies to stdout"),
-    "unknown codec": (lambda t: str(CROP), ["--codec", "nope"], "unknown or unavailable video encoder 'nope'"),
+    "unknown codec": (lambda t: str(CROP), ["--codec", "nope"], "'nope' is an unknown or unavailable video encoder"),
     "empty stdin": (lambda t: "-", ["-o", "{t}/out.mp4"], "stdin is empty"),
+    "audio codec": (lambda t: str(CROP), ["--codec", "aac"], "'aac' is an audio encoder, not a video one"),
+    "unknown preset": (lambda t: str(CROP), ["--preset", "quick"], "unknown --preset 'quick' for libx264"),
+    "fps zero": (lambda t: str(CROP), ["--fps", "0"], "--fps 0.0 is not a usable frame rate; pass a number"),
+    "fps negative": (lambda t: str(CROP), ["--fps", "-5"], "--fps -5.0 is not a usable frame rate"),
+    "fps nan": (lambda t: str(CROP), ["--fps", "nan"], "--fps nan is not a usable frame rate"),
+    "fps inf": (lambda t: str(CROP), ["--fps", "inf"], "--fps inf is not a usable frame rate"),
+    "fps huge": (lambda t: str(CROP), ["--fps", "1e12"], "--fps 1000000000000.0 is not a usable frame rate"),
+    "metadata fps zero": (lambda t: _with_metadata(t, fps="0"), [],
+                          "the 'fps' metadata of .*m.safetensors \\('0'\\) is not a usable frame rate; pass --fps"),
+    "metadata fps junk": (lambda t: _with_metadata(t, fps="fast"), [], "'fps' metadata .* pass --fps to override"),
+    "zero latent frames": (lambda t: _write(t, "e.npy", array=np.zeros((1, 16, 0, 8, 8), np.float32)), [], "."),
+    "pattern two numbers": (lambda t: str(CROP), ["-o", "{t}/f/%d%d.png"], "needs exactly one frame number"),
+    "pattern %s": (lambda t: str(CROP), ["-o", "{t}/f/%s.png"], "needs exactly one frame number"),
+    "pattern not png": (lambda t: str(CROP), ["-o", "{t}/f/%05d.jpg"], "must end in .png"),
+    "json is a folder": (lambda t: str(CROP), ["--json", "{t}"], "--json .* is a folder"),
+    "png folder reused": (lambda t: _png_run(t), ["-o", "{t}/seq"], "already holds 2 frames .*--overwrite"),
 }
 
 

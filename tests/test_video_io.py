@@ -1,5 +1,6 @@
 """video_io: every output kind reads back with PyAV, the queue applies back-pressure, bad outputs fail early."""
 import io
+import subprocess
 import sys
 import threading
 import time
@@ -10,7 +11,9 @@ import pytest
 import torch
 
 from flashdecode.errors import FlashdecodeError
-from flashdecode.video_io import VideoWriter, batch_output_name, output_kind, to_uint8_frames
+from flashdecode.convert import HostCopies, rgb24_to_i420, to_i420, to_rgb24
+from flashdecode.video_io import (VideoWriter, batch_output_name, complete_fragments_size, count_video_frames,
+                                  output_kind, png_frames, to_uint8_frames)
 
 
 def frames(k, h=32, w=48, seed=0):
@@ -81,7 +84,7 @@ def test_back_pressure(tmp_path):
     class StuckSink:
         written = 0
 
-        def write(self, f):
+        def write(self, f, fmt):
             release.wait(10)
             StuckSink.written += len(f)
 
@@ -108,7 +111,7 @@ def test_back_pressure(tmp_path):
 
 def test_writer_error_reaches_the_decoder_thread(tmp_path):
     class Broken:
-        def write(self, f):
+        def write(self, f, fmt):
             raise BrokenPipeError(32, "Broken pipe")
 
         def close(self):
@@ -135,7 +138,7 @@ def test_output_checks_happen_up_front(tmp_path):
         VideoWriter(str(tmp_path / "file" / "v.mp4"))
     with pytest.raises(FlashdecodeError, match="cannot create output folder"):
         VideoWriter(str(tmp_path / "file" / "frames" / "%05d.png"))
-    with pytest.raises(FlashdecodeError, match="unknown or unavailable video encoder 'nope'"):
+    with pytest.raises(FlashdecodeError, match="'nope' is an unknown or unavailable video encoder"):
         VideoWriter(str(tmp_path / "v.mp4"), codec="nope")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
@@ -155,3 +158,203 @@ def test_batch_output_names():
     assert batch_output_name("frames", 1) == "frames_b1"
     assert batch_output_name("frames/%05d.png", 1) == "frames_b1/%05d.png"
     assert batch_output_name("%05d.png", 1) == "%05d_b1.png"
+
+
+# -- the YUV route: converted on the device, BT.709 limited range, tagged ------------------------------------
+
+def test_i420_is_bt709_limited_range():
+    colours = torch.tensor([[1, 1, 1], [-1, -1, -1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=torch.float32)
+    px = colours.T[None, :, :, None, None].expand(1, 3, 5, 2, 2) * 1.5  # out of range values are clamped
+    i420 = to_i420(px)[0].view(5, 3, 2).numpy().astype(int)  # per frame: 4 Y, then 1 U, then 1 V
+    y, u, v = i420[:, :2].reshape(5, -1)[:, 0], i420[:, 2, 0], i420[:, 2, 1]
+    assert y.tolist() == [235, 16, 63, 173, 32]  # 16 + 219 * (0.2126 R + 0.7152 G + 0.0722 B)
+    assert u.tolist() == [128, 128, 102, 42, 240]
+    assert v.tolist() == [128, 128, 240, 26, 118]
+    # rgb24 handed to a video writer gets the same mapping
+    rgb = to_rgb24(px)[0].numpy()
+    assert np.array_equal(rgb24_to_i420(rgb).reshape(5, -1), to_i420(px)[0].numpy())
+
+
+def smooth_video(k=9, h=64, w=96):
+    """Colourful, smooth, moving content in [-1, 1]: what a chroma or matrix error shows up on."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    frames = [torch.stack([torch.sin(3 * xx + 0.3 * t), torch.cos(2 * yy - 0.2 * t), torch.sin(2 * (xx + yy) + 0.1 * t)])
+              for t in range(k)]
+    return torch.stack(frames, 1)[None] * 0.9  # [1,3,k,H,W]
+
+
+def psnr(decoded: np.ndarray, pixels: torch.Tensor) -> float:
+    ref = (pixels[0].clamp(-1, 1) + 1).mul(127.5).permute(1, 2, 3, 0).numpy()
+    return 10 * np.log10(255 ** 2 / np.mean((decoded.astype(np.float64) - ref) ** 2))
+
+
+def ffmpeg_rgb(path, h, w) -> np.ndarray:
+    """Decode with a real ffmpeg binary (imageio-ffmpeg's static build) to rgb24, its own colour handling."""
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
+
+
+def test_yuv_route_matches_float_output_in_pyav_and_ffmpeg(tmp_path):
+    """The device-converted YUV video decodes as close to the float frames as ffmpeg's own BT.709 conversion
+    (swscale from rgb24) does at the same settings, in PyAV and in a real ffmpeg: no colour shift."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    px = smooth_video()
+    k, h, w = px.shape[2:]
+    with VideoWriter(str(tmp_path / "yuv.mp4"), fps=16) as wr:
+        assert wr.input_format == "yuv420p"
+        wr.write(to_i420(px)[0].view(k, h * 3 // 2, w).numpy(), "yuv420p")
+    with av.open(str(tmp_path / "sws.mp4"), "w") as c:  # the reference: swscale rgb24 -> BT.709 yuv420p
+        s = c.add_stream("libx264", rate=16, options={"crf": "18", "preset": "veryfast"})
+        s.pix_fmt, s.width, s.height = "yuv420p", w, h
+        ctx = s.codec_context
+        ctx.colorspace = ctx.color_primaries = ctx.color_trc = ctx.color_range = 1
+        for f in to_rgb24(px)[0].numpy():
+            yuv = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
+            yuv.colorspace, yuv.color_range = 1, 1
+            for p in s.encode(yuv):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with av.open(str(tmp_path / "yuv.mp4")) as c:
+        ctx = c.streams.video[0].codec_context
+        assert (ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range) == (1, 1, 1, 1)  # bt709, tv
+    float_mean = (px[0].clamp(-1, 1) + 1).mul(127.5).mean((1, 2, 3)).numpy()
+
+    def cast(decoded):  # the largest shift of a channel's mean level
+        return np.abs(decoded.reshape(-1, 3).mean(0) - float_mean).max()
+
+    sws = read_back(str(tmp_path / "sws.mp4"))
+    for decoded in (read_back(str(tmp_path / "yuv.mp4")), ffmpeg_rgb(tmp_path / "yuv.mp4", h, w)):
+        assert decoded.shape == (k, h, w, 3)
+        assert psnr(decoded, px) >= psnr(sws, px) - 0.5 and psnr(decoded, px) > 33, (psnr(decoded, px), psnr(sws, px))
+        assert cast(decoded) <= cast(sws) + 0.5, (cast(decoded), cast(sws))  # no colour cast
+
+
+def test_host_copies_on_the_cpu_are_views():
+    t = torch.arange(12, dtype=torch.uint8).view(1, 2, 6)
+    host, ready, done = HostCopies(torch.device("cpu")).to_host(t, readers=2)
+    ready(), done(), done()
+    assert host.shape == (1, 2, 6) and np.shares_memory(host, t.numpy())
+
+
+@pytest.mark.cuda
+def test_host_copies_ring_on_cuda():
+    copies = HostCopies(torch.device("cuda"), slots=2)
+    outs = []
+    for i in range(5):  # more chunks than slots: each slot is freed by its readers before reuse
+        t = torch.full((1, 3, 8), i, dtype=torch.uint8, device="cuda")
+        host, ready, done = copies.to_host(t, readers=1)
+        ready()
+        outs.append(host.copy())
+        done()
+    assert [int(o[0, 0, 0]) for o in outs] == [0, 1, 2, 3, 4]
+
+
+# -- playable at any moment, and after a full disk ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["v.mp4", "v.mkv"])
+def test_file_is_playable_while_it_is_written(tmp_path, name):
+    """Fragments (MP4) / clusters (MKV) reach the disk about every second: a copy taken mid-run plays."""
+    out = tmp_path / name
+    w = VideoWriter(str(out), fps=8)
+    for i in range(10):  # 40 frames = 5 s at 8 fps
+        w.write(frames(4, seed=i))
+    deadline = time.time() + 30
+    while w.frames_written < 40 and time.time() < deadline:
+        time.sleep(0.05)
+    (tmp_path / ("copy" + out.suffix)).write_bytes(out.read_bytes())  # what kill -9 now would leave
+    w.close()
+    n_mid = count_video_frames(tmp_path / ("copy" + out.suffix))
+    assert 40 - 8 - 4 <= n_mid <= 40  # at most the last second (+ the encoder's lookahead) missing
+    assert count_video_frames(out) == 40
+    if name == "v.mp4":
+        assert b"moof" in out.read_bytes()
+
+
+def test_complete_fragments_size(tmp_path):
+    out = tmp_path / "v.mp4"
+    with VideoWriter(str(out), fps=4) as w:
+        for i in range(4):
+            w.write(frames(4, seed=i))
+    data = out.read_bytes()
+    assert complete_fragments_size(out) == len(data)
+    cut = int(len(data) * 0.6)
+    (tmp_path / "cut.mp4").write_bytes(data[:cut])  # a fragment cut short, as by a full disk
+    good = complete_fragments_size(tmp_path / "cut.mp4")
+    assert 0 < good < cut
+    (tmp_path / "ok.mp4").write_bytes(data[:good])
+    assert 0 < count_video_frames(tmp_path / "ok.mp4") < 16
+    assert count_video_frames(tmp_path / "missing.mp4") == 0
+
+
+FSIZE_WRITER = """
+import resource, signal, sys, numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+from flashdecode.video_io import VideoWriter
+w = VideoWriter(sys.argv[1], fps=16)
+try:
+    for i in range(60):
+        w.write(np.random.default_rng(i).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8))
+    w.close()
+except OSError as e:
+    w.close()
+    print(e.errno, w.frames_written)
+"""
+
+
+@pytest.mark.parametrize("name", ["v.mp4", "v.mkv", "v.y4m"])
+def test_file_size_limit_leaves_a_playable_file(tmp_path, name):
+    out = tmp_path / name
+    r = subprocess.run([sys.executable, "-c", FSIZE_WRITER, str(out), "150000"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    err, written = map(int, r.stdout.split())
+    assert err == 27 and 0 < written < 240  # EFBIG, and only what fits
+    assert count_video_frames(out) == written  # what the writer reports is what a reader finds
+    if name == "v.mp4":
+        assert complete_fragments_size(out) == out.stat().st_size  # only complete fragments are left
+
+
+# -- output names and PNG folders ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern", ["f/%d%d.png", "f/%s.png", "f/%x.png", "f%d/x.png"])
+def test_bad_png_patterns(pattern):
+    with pytest.raises(FlashdecodeError, match="pattern"):
+        output_kind(pattern)
+    assert output_kind("f/%04d.png") == output_kind("f/100%%_%d.png") == "png"
+
+
+def test_png_folder_of_an_earlier_run_is_refused_then_replaced(tmp_path):
+    with VideoWriter(str(tmp_path / "seq")) as w:
+        w.write(frames(5))
+    (tmp_path / "seq" / "notes.txt").write_text("mine")
+    with pytest.raises(FlashdecodeError, match="already holds 5 frames named like %05d.png .*--overwrite"):
+        VideoWriter(str(tmp_path / "seq"))
+    with VideoWriter(str(tmp_path / "seq"), overwrite=True) as w:
+        w.write(frames(2, seed=3))
+    assert sorted(p.name for p in (tmp_path / "seq").iterdir()) == ["00000.png", "00001.png", "notes.txt"]
+    assert png_frames(tmp_path / "seq", "%05d.png")[-1].name == "00001.png"
+    assert np.array_equal(read_back(str(tmp_path / "seq" / "00001.png"))[0], frames(2, seed=3)[1])
+    with VideoWriter(str(tmp_path / "seq" / "other_%d.png")) as w:  # another pattern in the same folder is fine
+        w.write(frames(1))
+
+
+def test_codec_preset_fps_checks(tmp_path):
+    with pytest.raises(FlashdecodeError, match="'aac' is an audio encoder, not a video one"):
+        VideoWriter(str(tmp_path / "v.mp4"), codec="aac")
+    with pytest.raises(FlashdecodeError, match="unknown --preset 'quick' for libx264; choose one of ultrafast"):
+        VideoWriter(str(tmp_path / "v.mp4"), preset="quick")
+    with pytest.raises(FlashdecodeError, match="--preset applies to libx264 and libx265, not 'libvpx-vp9'"):
+        VideoWriter(str(tmp_path / "v.webm"), preset="fast")
+    for bad in (0, -1, float("nan"), float("inf"), 1e12):
+        with pytest.raises(FlashdecodeError, match="not a usable frame rate"):
+            VideoWriter(str(tmp_path / "v.mp4"), fps=bad)
+    assert list(tmp_path.iterdir()) == []
+    with VideoWriter(str(tmp_path / "v.mp4"), preset="ultrafast") as w:
+        w.write(frames(2))
+    assert count_video_frames(tmp_path / "v.mp4") == 2
