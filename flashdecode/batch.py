@@ -194,7 +194,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
         status = "interrupted"  # decode_file has flushed the file it was on; the summary says what is done
         raise
     finally:
-        stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", f" ({len(results)} files)")
+        stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", f" ({len(results)} file{'s' * (len(results) != 1)})")
         if status != "ok" and rank == 0:  # no gather: the other ranks are being stopped too
             _write_summary(json_path, _summary(results, files, world, time.perf_counter() - start, status))
     everything = gather(results, world)
