@@ -56,12 +56,16 @@ def _open(path):
 
 
 def read_metadata(path) -> dict:
-    """The checkpoint's metadata, with `config` and `provenance` parsed from JSON."""
+    """The checkpoint's metadata, with `config` and `provenance` parsed from JSON (header only: no tensor read)."""
     with _open(path) as f:
         meta = dict(f.metadata() or {})
     for key in ("config", "provenance"):
         if key in meta:
-            meta[key] = json.loads(meta[key])
+            try:
+                meta[key] = json.loads(meta[key])
+            except (ValueError, RecursionError) as e:
+                raise FlashdecodeError(f"weights {path} have malformed {key!r} metadata (not JSON: {e}); "
+                                       "re-save the checkpoint with flashdecode") from None
     return meta
 
 
@@ -71,23 +75,69 @@ def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     return state, read_metadata(path)
 
 
-def config_from_metadata(meta: dict) -> ModelConfig | None:
-    return ModelConfig.from_json(json.dumps(meta["config"])) if isinstance(meta.get("config"), dict) else None
+def config_from_metadata(meta: dict, source="the checkpoint") -> ModelConfig | None:
+    """The model config a checkpoint's metadata names (None if it names none), checked for sane types and
+    bounds: a file's claims must not size an allocation before they are checked."""
+    if "config" not in meta:
+        return None
+    try:
+        if not isinstance(meta["config"], dict):
+            raise ValueError("it is not a JSON object")
+        config = ModelConfig.from_json(json.dumps(meta["config"]))
+        config.check()
+    except (ValueError, TypeError) as e:
+        raise FlashdecodeError(f"weights {source} have an unusable model config ({e}); "
+                               "re-save the checkpoint with flashdecode") from None
+    return config
 
 
-def load_weights(model: FlashDecoder, state: dict[str, torch.Tensor], source) -> None:
-    """Copy `state` into `model`, checking every name and shape; one line says what does not match."""
-    expected = model.state_dict()
-    problems = [f"{k} is {list(state[k].shape)} in the file, {list(v.shape)} in the model"
-                for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    missing = [k for k in expected if k not in state]
-    extra = [k for k in state if k not in expected]
+def expected_shapes(config: ModelConfig) -> dict[str, torch.Size]:
+    """The checkpoint tensors (names and shapes) a config needs, computed on the meta device: no memory."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in FlashDecoder(config).state_dict().items()}
+
+
+def _check_shapes(config: ModelConfig, found: dict[str, torch.Size], source) -> None:
+    """One line naming the first tensor that does not match what `config` needs, and how many more."""
+    expected = expected_shapes(config)
+    problems = [f"{k} is {list(found[k])} in the file, {list(v)} in the model"
+                for k, v in expected.items() if k in found and found[k] != v]
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
     if problems or missing or extra:
         detail = (problems + [f"{k} missing" for k in missing] + [f"{k} unexpected" for k in extra])
         more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
-        raise FlashdecodeError(f"{source} does not fit model {model.config.name!r} "
-                               f"({model.config.depth}x{model.config.dim}): {detail[0]}{more}; "
+        raise FlashdecodeError(f"{source} does not fit model {config.name!r} "
+                               f"({config.depth}x{config.dim}): {detail[0]}{more}; "
                                "pick the --model the checkpoint was trained as")
+
+
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+
+
+def check_fits(path, config: ModelConfig) -> None:
+    """Before any tensor is read or the model built: the file's tensors (from its header) are exactly
+    the floating-point names and shapes `config` needs, so its bytes pay for what the config allocates."""
+    with _open(path) as f:
+        slices = {k: f.get_slice(k) for k in f.keys()}
+        found = {k: torch.Size(s.get_shape()) for k, s in slices.items()}
+        not_float = [k for k, s in slices.items() if s.get_dtype() not in FLOAT_DTYPES]
+    _check_shapes(config, found, path)
+    if not_float:
+        raise FlashdecodeError(f"{path} holds {not_float[0]} as {slices[not_float[0]].get_dtype()}, not floating point;"
+                               " it is not a flashdecode checkpoint")
+
+
+def load_weights(model: FlashDecoder, state: dict[str, torch.Tensor], source) -> None:
+    """Copy `state` into `model`, checking every name and shape and that every value is finite; one line
+    says what is wrong (a NaN/Inf weight would otherwise make a silent all-black video)."""
+    _check_shapes(model.config, {k: v.shape for k, v in state.items()}, source)
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        more = f" (and {len(not_finite) - 1} more tensors)" if len(not_finite) > 1 else ""
+        raise FlashdecodeError(f"{source} holds NaN or Inf values in {not_finite[0]}{more}; the checkpoint is "
+                               "corrupt (or its training diverged): use an earlier checkpoint or re-train")
+    expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 

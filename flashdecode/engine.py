@@ -6,27 +6,56 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import config_from_metadata, find_weights, load_checkpoint, load_weights, weights_dirs
+from .checkpoint import check_fits, config_from_metadata, find_weights, load_checkpoint, load_weights, read_metadata, weights_dirs
 from .errors import FlashdecodeError
+from .fp8 import quantize_linears, scaled_mm_works
 from .latent_spaces import LatentSpace, get_latent_space
 from .math import pick_backend
-from .model import VARIANTS, FlashDecoder, ModelConfig, count_parameters, flops_per_latent_frame
+from .model import HIGH_PRECISION_LINEARS, VARIANTS, FlashDecoder, ModelConfig, count_parameters, flops_per_latent_frame
 
+# "fp8": e4m3 weights for the Transformer's GEMMs (flashdecode.fp8), bf16 for everything else, on every device.
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+          "float16": torch.float16, "fp16": torch.float16, "fp8": torch.bfloat16}
+FP8_NAMES = ("fp8", torch.float8_e4m3fn)
+
+# compile=None: eager. Measured (H200, XL 720p, ../shared perf note 2026-11-27): compiling saves ~2.3 ms per
+# latent frame (33.0 -> 30.7 ms) and costs ~19 s of warm-up, so it pays after ~8,000 latent frames (~9 min
+# of video); a 5-second clip (21 latent frames) would wait 19 s to save 0.05 s. Inductor's on-disk cache
+# cuts a repeat warm-up several-fold (tiny on a 2-core CPU: 46 s -> 9 s), still far above that saving.
+# compile=True is for long videos and servers that decode many clips of one size.
+COMPILE_BY_DEFAULT = False
 
 
 def resolve_device(device=None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """A usable torch device; one clear FlashdecodeError for a name torch does not know, `meta` (no data),
+    or a CUDA device this machine does not have."""
+    try:
+        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError):
+        raise FlashdecodeError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "meta":
+        raise FlashdecodeError("device 'meta' holds no data and cannot decode; use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FlashdecodeError(f"device {str(dev)!r} asked for, but this torch ({torch.__version__}) sees no "
+                                   "CUDA GPU; use --device cpu, or install a CUDA build of torch on a GPU machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FlashdecodeError(f"device {str(dev)!r} does not exist: this machine has "
+                                   f"{torch.cuda.device_count()} CUDA GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type not in ("cpu", "mps"):
+        raise FlashdecodeError(f"device {str(dev)!r} is not supported; use cpu or cuda")
+    return dev
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
-    """bf16 on GPU, float32 on CPU unless asked otherwise."""
+    """The compute dtype: bf16 on GPU, float32 on CPU unless asked otherwise (bf16 for "fp8")."""
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
+    if dtype in FP8_NAMES:
+        return torch.bfloat16
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise FlashdecodeError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
@@ -35,17 +64,22 @@ class Decoder:
     """A loaded FlashDecoder for one latent space: `stream` frames through it, or `decode` a whole clip."""
 
     def __init__(self, model: FlashDecoder, latent_space: LatentSpace, random_weights: bool = False,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, precision: str | None = None):
         self.model = model.eval().requires_grad_(False)
         self.config: ModelConfig = model.config
         self.latent_space = latent_space
         self.random_weights = random_weights
         self.metadata = metadata or {}
         p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        self.device, self.dtype = p.device, p.dtype  # dtype: what the model computes in (bf16 for fp8)
+        self.precision = precision or str(self.dtype).removeprefix("torch.")  # "fp8", "bfloat16", ...
 
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return count_parameters(self.config)  # fp8 weights are buffers, so count what the config holds
+
+    def weight_bytes(self) -> int:
+        """Bytes the loaded weights really take (fp8 weights, their scales and what stays in bf16/fp32)."""
+        return sum(t.nbytes for t in [*self.model.parameters(), *self.model.buffers()])
 
     def flops_per_latent_frame(self, h: int, w: int) -> float:
         return flops_per_latent_frame(self.config, h // self.config.patch, w // self.config.patch)
@@ -60,9 +94,18 @@ class Decoder:
             self.model.reset()
 
     def check(self, z: torch.Tensor) -> None:
+        """One FlashdecodeError sentence for latents the decoder cannot take, before torch sees them."""
         c, p = self.config, self.config.patch
+        if z.is_complex() or not z.is_floating_point():
+            raise FlashdecodeError(f"latents must be real floating point (float32, float16 or bfloat16), got {z.dtype}"
+                                   " (complex, integer and bool latents are refused, not silently converted)")
+        if z.device.type == "meta":
+            raise FlashdecodeError("latents are on the meta device and hold no data; pass a real tensor")
         if z.ndim != 5:
             raise FlashdecodeError(f"latents must be [B,C,h,w] frames or [B,C,t,h,w] chunks, got shape {list(z.shape)}")
+        if 0 in z.shape:
+            raise FlashdecodeError(f"latents have an empty axis (shape {list(z.shape)} as [B,C,t,h,w]); every axis "
+                                   "must be at least 1")
         if z.shape[1] != c.in_channels:
             raise FlashdecodeError(f"latents have {z.shape[1]} channels but latent space {self.latent_space.name!r} "
                                    f"has {c.in_channels}; pick the matching --latent-space/--model, or --layout if "
@@ -70,6 +113,8 @@ class Decoder:
         if z.shape[-2] % p or z.shape[-1] % p:
             raise FlashdecodeError(f"latent grid {z.shape[-2]}x{z.shape[-1]} must be a multiple of the {p}x{p} patch "
                                    f"of {self.latent_space.name!r}")
+        if not bool(torch.isfinite(z).all()):  # NaN in, NaN video out: say so instead
+            raise FlashdecodeError("latents contain NaN or Inf values; check the diffusion run that made them")
 
     def stream(self, frames: Iterable[torch.Tensor], raw: bool = False, start_index: int = 0,
                native: bool = False) -> Iterator[torch.Tensor]:
@@ -147,14 +192,21 @@ def build_model(config: ModelConfig, device=None, dtype=None, seed: int = 0) -> 
 
 
 def load_decoder(model: str | None = "s", latent_space: str | None = None, weights=None, device=None, dtype=None,
-                 backend: str = "auto") -> Decoder:
+                 backend: str = "auto", compile: bool | None = None) -> Decoder:
     """Load a FlashDecoder variant for a latent space.
 
     weights: a .safetensors path, "random" (seeded random init, for benchmarks), or None (look in the
     weights folders). model/latent_space None: taken from the checkpoint, else "s" / "wan2.2".
+    dtype: "fp32", "bf16", "fp16" or "fp8" (e4m3 weights, per-row scaled activations, bf16 elsewhere;
+    fp8 tensor-core GEMMs on compute capability 8.9+, dequantized elsewhere). Default bf16 on GPU, fp32 on CPU.
+    compile: torch.compile the per-frame step (True/False); None = COMPILE_BY_DEFAULT (eager, see why there).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    fp8 = dtype in FP8_NAMES
+    if compile not in (None, True, False):
+        raise FlashdecodeError(f"compile must be True, False or None (the default), not {compile!r}")
+    backend_name = pick_backend(backend, dev, dt)  # an unknown backend fails here, before any loading
     if model is not None and model not in VARIANTS:
         raise FlashdecodeError(f"unknown model {model!r}; choose one of {', '.join(VARIANTS)}")
     if latent_space is not None:
@@ -174,7 +226,7 @@ def load_decoder(model: str | None = "s", latent_space: str | None = None, weigh
                 "--weights PATH, or --weights random to benchmark with random weights")
         weights = path
     if weights != "random":
-        state, meta = load_checkpoint(Path(weights))
+        meta = read_metadata(Path(weights))  # header only: config checked before anything is allocated
         ckpt_space = meta.get("latent_space")
         if latent_space and ckpt_space and latent_space != ckpt_space:
             raise FlashdecodeError(f"{weights} was trained for latent space {ckpt_space!r}, not {latent_space!r}; "
@@ -182,15 +234,23 @@ def load_decoder(model: str | None = "s", latent_space: str | None = None, weigh
         latent_space = latent_space or ckpt_space
     space = get_latent_space(latent_space or "wan2.2")
 
-    config = config_from_metadata(meta)
+    config = config_from_metadata(meta, weights)
     if config is None or (model is not None and model != config.name):
         config = ModelConfig.build(model or "s", space.name)
+    if weights != "random":
+        check_fits(weights, config)  # the file's tensor shapes against the config, from its header
+        state, _ = load_checkpoint(Path(weights))
     net = build_model(config, dev)
     if state is not None:
         load_weights(net, state, weights)
+        state = None  # the model holds the weights now: do not keep a second copy alive
     net = net.to(dt)
-    net.backend = pick_backend(backend, dev, dt)
-    return Decoder(net, space, random_weights=state is None, metadata=meta)
+    if fp8:
+        quantize_linears(net, scaled_mm_works(dev), keep=HIGH_PRECISION_LINEARS)
+    net.backend = backend_name
+    if COMPILE_BY_DEFAULT if compile is None else compile:
+        net.compile_frame()
+    return Decoder(net, space, random_weights=weights == "random", metadata=meta, precision="fp8" if fp8 else None)
 
 
 __all__ = ["Decoder", "load_decoder", "build_model", "init_weights", "count_parameters"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import FlashdecodeError
+
 try:  # optional: `pip install flashdecode[flash]` (no wheels; builds against CUDA)
     from flash_attn import flash_attn_func
 except ImportError:  # pragma: no cover - depends on the machine
@@ -59,7 +61,7 @@ def pick_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
     if name == "auto":
         return "flash" if usable else "sdpa"
     if name == "flash" and not usable:
-        raise ValueError("attention backend 'flash' needs flash-attn installed, a CUDA device and fp16/bf16")
+        raise FlashdecodeError("attention backend 'flash' needs flash-attn installed, a CUDA device and fp16/bf16")
     if name not in ("flash", "sdpa"):
-        raise ValueError(f"unknown attention backend {name!r}; choose auto, flash or sdpa")
+        raise FlashdecodeError(f"unknown attention backend {name!r}; choose auto, flash or sdpa")
     return name

@@ -106,3 +106,65 @@ def test_native_output_is_the_unclamped_model_output(decoder):
     native = [px.clone() for px in decoder.stream([z], native=True)]  # valid until the next chunk: keep copies
     assert [px.dtype for px in native] == [decoder.dtype] * 3 and [px.shape[2] for px in native] == [1, 4, 4]
     assert torch.equal(torch.cat(native, 2).float().clamp(-1, 1), decoder.decode(z))
+
+
+@pytest.mark.parametrize("latents, message", [
+    (torch.zeros(1, 48, 0, 3, 5), "empty axis"),  # T = 0
+    (torch.zeros(1, 48, 2, 0, 5), "empty axis"),  # h = 0
+    (torch.zeros(0, 48, 2, 3, 5), "empty axis"),  # B = 0
+    (torch.zeros(1, 48, 2, 3, 5, dtype=torch.complex64), "complex64.*refused"),
+    (torch.zeros(1, 48, 2, 3, 5, dtype=torch.bool), "bool.*refused"),
+    (torch.zeros(1, 48, 2, 3, 5, dtype=torch.int64), "int64.*refused"),
+    (torch.full((1, 48, 2, 3, 5), float("nan")), "NaN or Inf"),
+    (torch.tensor(float("inf")).expand(1, 48, 2, 3, 5), "NaN or Inf"),
+    (torch.zeros(1, 48, 2, 3, 5, device="meta"), "meta device"),
+])
+def test_bad_latents_are_one_clear_sentence(latents, message):
+    d = flashdecode.load_decoder("tiny", "wan2.2", weights="random", device="cpu")
+    for call in (d.decode, d.decode_reference, lambda z: list(d.stream([z]))):
+        with pytest.raises(FlashdecodeError, match=message):
+            call(latents)
+
+
+def test_latents_on_the_cpu_or_in_half_precision_are_taken():
+    d = flashdecode.load_decoder("tiny", "wan2.2", weights="random", device="cpu")
+    z = torch.randn(1, 48, 2, 3, 5)
+    assert torch.allclose(d.decode(z.half()), d.decode(z.half().float()))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"device": "gpu"}, "unknown device 'gpu'"),
+    ({"device": "meta"}, "holds no data"),
+    ({"dtype": "int8"}, "unknown dtype 'int8'"),
+    ({"dtype": torch.int32}, "unknown dtype"),
+    ({"backend": "cudnn"}, "unknown attention backend 'cudnn'"),
+    ({"compile": "yes"}, "compile must be True, False or None"),
+])
+def test_bad_load_options_are_one_clear_sentence(kwargs, message):
+    with pytest.raises(FlashdecodeError, match=message):
+        flashdecode.load_decoder("tiny", "wan2.2", weights="random", **({"device": "cpu"} | kwargs))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_clear_sentence():
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(FlashdecodeError, match="sees no CUDA GPU; use --device cpu"):
+            flashdecode.load_decoder("tiny", "wan2.2", weights="random", device=device)
+
+
+def test_compiled_step_equals_eager_with_at_most_two_compilations():
+    # One graph while the window fills (masked), one for the steady state: none per frame index.
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    eager = flashdecode.load_decoder("tiny", "wan2.2", weights="random", device="cpu", compile=False)
+    compiled = flashdecode.load_decoder("tiny", "wan2.2", weights="random", device="cpu", compile=True)
+    assert compiled.model.compiled_frame is not None and eager.model.compiled_frame is None
+    z = torch.randn(1, 48, 12, 3, 5, generator=torch.Generator().manual_seed(4))
+    out = compiled.decode(z)
+    again = compiled.decode(z * 0.5, start_index=7)  # a second video of the same shape reuses the graphs
+    assert (out - eager.decode(z)).abs().max() <= 1e-4
+    assert (again - eager.decode(z * 0.5)).abs().max() <= 1e-4
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert out.std() > 1e-3
