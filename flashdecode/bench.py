@@ -6,6 +6,10 @@ Inside a case: load the decoder, warm up on a short clip, then time `--repeat` d
 and keep the medians. FlashDecoder streams, consuming and dropping each pixel chunk as `decode` does;
 a baseline decodes the way diffusers' Wan pipelines do (everything at once, see baselines.py).
 
+End to end (`output="mp4"` or `"raw"`): after the decode-only runs, the same clip goes through the library's
+whole path, `flashdecode.decode_file` (read a latent file -> decode -> convert -> encode into a real MP4 file, or
+raw rgb24 to /dev/null), in the same process, so `e2e_fps` and `fps` are measured side by side on warm kernels.
+
 Memory. CUDA: `max_memory_allocated` (and `_reserved`), reset after the warm-up. CPU: the case's peak
 resident set (VmHWM), reset after the warm-up, with `MALLOC_MMAP_THRESHOLD_=262144` so glibc returns big
 buffers at once instead of keeping a moving heap (DESIGN.md section 7); the RSS just before the timed runs
@@ -20,7 +24,9 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +37,10 @@ RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280), "1080p": (1088, 1920)}
 BASELINES = ("wan2.1", "wan2.2")
 ROW_MARK = "FLASHDECODE_BENCH_ROW "  # prefixes the one line of a case process's stdout that holds its row
 CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "262144", "PYTHONUNBUFFERED": "1"}
+DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+               "fp16": "float16", "float16": "float16", "fp8": "fp8"}
+COMPILE_MODES = {"auto": None, "on": True, "off": False}  # -> load_decoder(compile=...); None: its measured default
+OUTPUTS = ("mp4", "raw")  # end-to-end rows: decode_file into an .mp4 file, or raw rgb24 to /dev/null
 
 
 @dataclass
@@ -45,7 +55,9 @@ class Case:
     latent_frames: int
     latent_space: str = "wan2.2"  # flashdecode only; a baseline decodes its own space
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # a DTYPE_NAMES value: float32, bfloat16, float16 or fp8
+    compile: str = "off"  # a COMPILE_MODES key (flashdecode only)
+    output: str | None = None  # an OUTPUTS value: also measure end to end (flashdecode only)
     warmup: int = 1
     repeat: int = 3
     budget_s: float = 120.0  # stop repeating once another run would pass this (at least one run)
@@ -65,6 +77,38 @@ def parse_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def parse_int_list(text: str, option: str) -> list[int]:
+    """'10,100,1000' -> [10, 100, 1000], or one line that names the option and the bad item."""
+    values = []
+    for item in parse_list(text):
+        try:
+            values.append(int(item))
+        except ValueError:
+            raise FlashdecodeError(f"{option} takes whole numbers separated by commas (e.g. 10,100,1000); "
+                                   f"{item!r} is not one") from None
+    if not values:
+        raise FlashdecodeError(f"{option} is empty; give whole numbers separated by commas (e.g. 10,100,1000)")
+    return values
+
+
+def parse_choices(text: str, option: str, choices) -> list[str]:
+    """A comma list of names from `choices` (case-insensitive), in order, without repeats."""
+    values = list(dict.fromkeys(v.lower() for v in parse_list(text)))
+    for v in values:
+        if v not in choices:
+            raise FlashdecodeError(f"{option}: {v!r} is not one of {', '.join(choices)}")
+    if not values:
+        raise FlashdecodeError(f"{option} is empty; choose from {', '.join(choices)}")
+    return values
+
+
+def parse_dtypes(text: str | None, device: str) -> list[str]:
+    """--dtype (a comma list) -> canonical names; default bfloat16 on cuda, float32 on cpu."""
+    if text is None:
+        return ["bfloat16" if device == "cuda" else "float32"]
+    return list(dict.fromkeys(DTYPE_NAMES[d] for d in parse_choices(text, "--dtype", DTYPE_NAMES)))
+
+
 def parse_resolution(text: str) -> tuple[str, int, int]:
     """'720p' or 'HxW' (pixels, multiples of 16) -> (label, height, width)."""
     text = text.strip().lower()
@@ -81,8 +125,9 @@ def parse_resolution(text: str) -> tuple[str, int, int]:
 
 
 def build_cases(resolutions: list[str], models: list[str], baselines: list[str], lengths: list[int],
-                **common) -> list[Case]:
-    """Every (resolution, length, decoder), baselines first so a failing baseline shows early."""
+                dtypes: list[str] = ("float32",), compiles: list[str] = ("off",), **common) -> list[Case]:
+    """Every (resolution, length, decoder, dtype, compile mode), baselines first so a failing baseline shows
+    early. Baselines run once per dtype they support (not fp8, not compiled; fp8 alone: the device's default)."""
     from .model import VARIANTS
 
     for m in models:
@@ -93,14 +138,29 @@ def build_cases(resolutions: list[str], models: list[str], baselines: list[str],
             raise FlashdecodeError(f"unknown baseline {b!r}; choose from {', '.join(BASELINES)} or none")
     if not models and not baselines:
         raise FlashdecodeError("nothing to measure; pass --model and/or --baseline")
+    if not resolutions:
+        raise FlashdecodeError("no resolution to measure; pass --res, e.g. 720p or 256x256")
     if any(n < 1 for n in lengths):
-        raise FlashdecodeError("lengths are latent frame counts and must be >= 1")
+        raise FlashdecodeError(f"--lengths: latent frame counts must be at least 1, got {min(lengths)}")
+    for d in dtypes:
+        if d not in DTYPE_NAMES.values():
+            raise FlashdecodeError(f"unknown dtype {d!r}; choose from {', '.join(DTYPE_NAMES)}")
+    for c in compiles:
+        if c not in COMPILE_MODES:
+            raise FlashdecodeError(f"unknown compile mode {c!r}; choose from {', '.join(COMPILE_MODES)}")
+    if common.get("output") not in (None, *OUTPUTS):
+        raise FlashdecodeError(f"unknown output {common['output']!r}; choose from {', '.join(OUTPUTS)}")
+    fallback = "bfloat16" if common.get("device") == "cuda" else "float32"
+    baseline_dtypes = [d for d in dtypes if d != "fp8"] or [fallback]
+    baseline_common = {k: v for k, v in common.items() if k != "output"}
     cases = []
     for res in resolutions:
         label, height, width = parse_resolution(res)
         for n in sorted(set(lengths)):
-            for kind, names in (("baseline", baselines), ("flashdecode", models)):
-                cases += [Case(kind, name, label, height, width, n, **common) for name in names]
+            cases += [Case("baseline", name, label, height, width, n, dtype=d, **baseline_common)
+                      for d in baseline_dtypes for name in baselines]
+            cases += [Case("flashdecode", name, label, height, width, n, dtype=d, compile=c, **common)
+                      for name in models for d in dtypes for c in compiles]
     return cases
 
 
@@ -182,19 +242,35 @@ def _proc_status_bytes(key: str) -> int:
     raise OSError(f"no {key} in /proc/self/status")
 
 
-def _load(case: Case, device, dtype):
+def _compile_kwargs(case: Case) -> dict:
+    """compile=... for load_decoder, where this flashdecode's load_decoder takes it."""
+    import inspect
+
+    from .engine import load_decoder
+
+    mode = COMPILE_MODES[case.compile]
+    if "compile" in inspect.signature(load_decoder).parameters:
+        return {"compile": mode}
+    if mode:
+        raise FlashdecodeError("this flashdecode's load_decoder has no compile option; use --compile off")
+    return {}
+
+
+def _load(case: Case, device):
     """-> (decoder, its latent space, latent grid (h, w), FLOPs of the whole clip, how they were counted)."""
     if case.kind == "baseline":
         from .baselines import load_baseline
+        from .engine import resolve_dtype
 
-        base = load_baseline(case.model, device, dtype, size=case.baseline_size)
+        base = load_baseline(case.model, device, resolve_dtype(case.dtype, device), size=case.baseline_size)
         h, w = base.latent_grid(case.height, case.width)
         flops = base.flops(case.height, case.width, case.latent_frames)
         return base, base.latent_space, (h, w), flops, "FlopCounterMode (meta device)"
     from .engine import load_decoder
     from .model import flops_per_clip
 
-    dec = load_decoder(case.model, case.latent_space, weights=case.weights, device=device, dtype=dtype)
+    dec = load_decoder(case.model, case.latent_space, weights=case.weights, device=device, dtype=case.dtype,
+                       **_compile_kwargs(case))
     s = dec.latent_space.spatial
     if case.height % s or case.width % s:
         raise FlashdecodeError(f"{case.height}x{case.width} is not a multiple of {s} pixels per latent cell")
@@ -238,13 +314,10 @@ def run_case(case: Case) -> dict:
     import numpy as np
     import torch
 
-    from .engine import resolve_dtype
-
     if case.threads:
         torch.set_num_threads(case.threads)
     device = torch.device(case.device)
-    dtype = resolve_dtype(case.dtype, device)
-    decoder, space, (h, w), flops, flops_method = _load(case, device, dtype)
+    decoder, space, (h, w), flops, flops_method = _load(case, device)
     n = case.latent_frames
     gen = torch.Generator().manual_seed(0)
     pool = torch.randn(1, space.channels, min(n, 4), h, w, generator=gen).to(device)  # normalized latents
@@ -275,17 +348,115 @@ def run_case(case: Case) -> dict:
     frame_ms = [t for r in runs for t in r[2]]
     total_ms = statistics.median(totals)
     frames = pixel_frames(n)
-    return dict(
+    row = dict(
         decoder=case.decoder, kind=case.kind, model=case.model, res=case.res, height=case.height, width=case.width,
         frames=frames, latent_frames=n, latent_space=space.name, device=device.type,
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
-        threads=torch.get_num_threads(), dtype=str(dtype).removeprefix("torch."),
+        threads=torch.get_num_threads(), dtype=case.dtype, model_dtype=str(decoder.dtype).removeprefix("torch."),
+        compile=case.compile if case.kind == "flashdecode" else "off",
+        compiled=bool(getattr(decoder, "compiled", False)) if case.kind == "flashdecode" else False,
         random_weights=bool(decoder.random_weights), params=decoder.num_parameters(),
         fps=frames / (total_ms / 1e3), total_ms=total_ms, ttff_ms=statistics.median(r[1] for r in runs),
         ms_per_latent_frame=statistics.median(frame_ms), ms_per_latent_frame_p90=float(np.percentile(frame_ms, 90)),
         flops_per_frame=flops / frames, flops_method=flops_method, tflops_per_s=flops / (total_ms / 1e3) / 1e12,
         **memory, warmup=case.warmup, runs=len(runs),
     )
+    if case.kind == "flashdecode" and case.output:
+        del decoder  # decode_file loads its own: free this one first, so its peak memory is its own
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            row.update(run_end_to_end(case, pool))
+        except Exception as e:  # the decode-only numbers still stand
+            row.update(output=case.output, e2e_fps=None, e2e_error=f"{type(e).__name__}: {e}".splitlines()[0])
+    return row
+
+
+# -- end to end: the library's whole path into a real file --------------------------------------------
+
+
+def write_latents(path: Path, latents, latent_space: str, fps: float = 16.0) -> Path:
+    """Save normalized latents [B,C,T,h,w] as a .safetensors file that `flashdecode decode` reads as is."""
+    from safetensors.torch import save_file
+
+    save_file({"latents": latents.detach().cpu().contiguous()}, str(path),
+              metadata={"layout": "NCTHW", "latent_space": latent_space, "normalized": "true", "fps": f"{fps:g}",
+                        "source": "random normal (flashdecode bench)"})
+    return path
+
+
+def write_random_latents(path, latent_space: str, height: int, width: int, latent_frames: int,
+                         dtype: str = "bfloat16", seed: int = 0) -> Path:
+    """Random normalized latents for a HxW clip of `latent_frames` (gpu.sh's input for `decode` end to end)."""
+    import torch
+
+    from .latent_spaces import get_latent_space
+
+    space = get_latent_space(latent_space)
+    s = space.spatial
+    if height % s or width % s:
+        raise FlashdecodeError(f"{height}x{width} is not a multiple of {s} pixels per latent cell of {latent_space}")
+    z = torch.randn(1, space.channels, latent_frames, height // s, width // s,
+                    generator=torch.Generator().manual_seed(seed))
+    return write_latents(Path(path), z.to(getattr(torch, dtype)), space.name)
+
+
+@contextmanager
+def stdout_to_devnull():
+    """Point file descriptor 1 at /dev/null for a while: raw video goes nowhere, not into the row pipe."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def run_end_to_end(case: Case, pool) -> dict:
+    """The clip through `flashdecode.decode_file` (read -> decode -> convert -> encode -> file), timed as the
+    user sees it: from the first latent frame to the flushed file. Warm-up first (the same short clip as the
+    decode-only warm-up), then `repeat` runs within the budget; medians."""
+    from .pipeline import decode_file
+
+    n = case.latent_frames
+    with tempfile.TemporaryDirectory(prefix="flashdecode-bench-") as tmp:
+        tmp = Path(tmp)
+
+        def run(frames: int, i: int) -> dict:
+            z = pool[:, :, [t % pool.shape[2] for t in range(frames)]]
+            source = write_latents(tmp / f"latents_{frames}.safetensors", z, case.latent_space)
+            output = "-" if case.output == "raw" else str(tmp / f"e2e_{i}.mp4")
+            with stdout_to_devnull() if case.output == "raw" else nullcontext():
+                summary = decode_file(source, output, model=case.model, weights=case.weights,
+                                      latent_space=case.latent_space, device=case.device, dtype=case.dtype,
+                                      quiet=True, **_compile_kwargs(case),
+                                      stdout_format="raw" if case.output == "raw" else None)
+            if output != "-":
+                summary["bytes"] = Path(output).stat().st_size
+                Path(output).unlink()
+            return summary
+
+        for i in range(case.warmup):
+            run(min(n, 3), -1 - i)
+        runs, started = [], time.perf_counter()
+        for i in range(max(case.repeat, 1)):
+            runs.append(run(n, i))
+            spent = time.perf_counter() - started
+            if spent + spent / len(runs) > case.budget_s:
+                break
+    seconds = statistics.median(r["seconds"] for r in runs)
+    frames = runs[0]["frames"]
+    cuda = case.device.startswith("cuda")
+    return dict(output=case.output, e2e_fps=frames / seconds, e2e_ms=seconds * 1e3, e2e_frames=frames,
+                e2e_runs=len(runs), e2e_bytes_per_frame=runs[0]["bytes"] / frames if "bytes" in runs[0] else None,
+                e2e_peak_mem_bytes=max(r["peak_mem_bytes"] for r in runs) if cuda else None,
+                e2e_peak_reserved_bytes=max(r.get("peak_mem_reserved_bytes") or 0 for r in runs) if cuda else None,
+                e2e_method="flashdecode.decode_file, first latent frame to flushed file, median")
 
 
 def _case_main(case_json: str) -> None:
@@ -307,7 +478,9 @@ def failed_row(case: Case, **why) -> dict:
     return dict(decoder=case.decoder, kind=case.kind, model=case.model, res=case.res, height=case.height,
                 width=case.width, frames=pixel_frames(case.latent_frames), latent_frames=case.latent_frames,
                 latent_space=case.latent_space if case.kind == "flashdecode" else case.model, device=case.device,
-                dtype=case.dtype, random_weights=case.kind == "baseline" or case.weights == "random",
+                dtype=case.dtype, compile=case.compile if case.kind == "flashdecode" else "off", compiled=False,
+                output=case.output if case.kind == "flashdecode" else None,
+                random_weights=case.kind == "baseline" or case.weights == "random",
                 params=None, fps=None, ms_per_latent_frame=None, peak_mem_bytes=None, **why)
 
 
@@ -332,6 +505,7 @@ def run_case_process(case: Case, timeout: float | None = None) -> dict:
 def too_long(case: Case, rows: list[dict]) -> str | None:
     """Why to skip a long case: a shorter run of the same decoder says one run would pass the budget."""
     done = [r for r in rows if r["decoder"] == case.decoder and r["res"] == case.res and r.get("ms_per_latent_frame")
+            and r["dtype"] == case.dtype and r.get("compile", "off") == case.compile
             and r["latent_frames"] < case.latent_frames]
     if not done:
         return None
@@ -342,24 +516,29 @@ def too_long(case: Case, rows: list[dict]) -> str | None:
 
 
 def add_ratios(rows: list[dict]) -> list[dict]:
-    """Speed-up and memory ratio of each FlashDecoder row against the baseline run on the same clip, and
-    each row's peak memory against its own shortest length."""
+    """Speed-up and memory ratio of each FlashDecoder row against the baseline run on the same clip (same
+    dtype first: fp8 rows pair with the bf16 baseline), end-to-end against decode-only FPS, and each row's
+    peak memory against its own shortest length."""
     def ok(r):
         return r.get("fps") is not None
 
     def same_clip(a, b):
-        return all(a[k] == b[k] for k in ("height", "width", "latent_frames", "device", "dtype"))
+        return all(a[k] == b[k] for k in ("height", "width", "latent_frames", "device"))
+
+    def config(r):
+        return r["decoder"], r["res"], r["device"], r["dtype"], r.get("compile", "off")
 
     for r in rows:
         if r["kind"] == "flashdecode":
             bases = [b for b in rows if b["kind"] == "baseline" and ok(b) and ok(r) and same_clip(b, r)]
-            bases.sort(key=lambda b: b["model"] != r["latent_space"])  # the baseline of its own latent space first
+            bases.sort(key=lambda b: (b["dtype"] != r["dtype"], b["dtype"] != "bfloat16", b["model"] != r["latent_space"]))
             base = bases[0] if bases else None
             r["baseline"] = base and base["decoder"]
             r["speedup_vs_baseline"] = base and base["total_ms"] / r["total_ms"]
             r["mem_ratio_vs_baseline"] = base and base["peak_mem_bytes"] / r["peak_mem_bytes"]
-        shortest = [s for s in rows if ok(s) and s["decoder"] == r["decoder"] and s["res"] == r["res"]
-                    and s["device"] == r["device"] and s["dtype"] == r["dtype"]]
+            if r.get("e2e_fps") and ok(r):
+                r["e2e_vs_fps"] = r["e2e_fps"] / r["fps"]
+        shortest = [s for s in rows if ok(s) and config(s) == config(r)]
         if ok(r) and len(shortest) > 1:
             first = min(shortest, key=lambda s: s["latent_frames"])
             r["mem_vs_shortest"] = r["peak_mem_bytes"] / first["peak_mem_bytes"]
@@ -413,7 +592,9 @@ class Bench:
 
     def run(self, progress=None) -> list[dict]:
         for i, case in enumerate(self.cases, 1):
-            what = f"[{i}/{len(self.cases)}] {case.decoder} {case.res} {pixel_frames(case.latent_frames)} frames"
+            what = (f"[{i}/{len(self.cases)}] {case.decoder} {case.dtype}"
+                    + (f" compile={case.compile}" if case.kind == "flashdecode" and case.compile != "off" else "")
+                    + f" {case.res} {pixel_frames(case.latent_frames)} frames")
             skip = too_long(case, self.rows)
             if progress:
                 progress(f"{what}: {skip}" if skip else f"{what} ...")
@@ -424,7 +605,12 @@ class Bench:
             if self.json_path:  # after every case: a run cut short still leaves its results
                 write_json(self.json_path, self.rows)
             if progress and not skip:
-                progress(f"{what}: " + (row.get("error") or f"{row['fps']:.2f} FPS, {row['runs']} runs, "
+                e2e = ""
+                if row.get("e2e_fps"):
+                    e2e = f", end to end ({row['output']}) {row['e2e_fps']:.2f} FPS"
+                elif row.get("e2e_error"):
+                    e2e = f", end to end ({row['output']}) failed: {row['e2e_error']}"
+                progress(f"{what}: " + (row.get("error") or f"{row['fps']:.2f} FPS{e2e}, {row['runs']} runs, "
                                         f"{time.perf_counter() - started:.0f} s"))
         return self.rows
 
@@ -432,10 +618,25 @@ class Bench:
 # -- presenting ----------------------------------------------------------------------------------------
 
 
-def display_name(row: dict) -> str:
+SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "fp8": "fp8"}
+
+
+def display_name(row: dict, dtype: bool = False) -> str:
+    """'FlashDecoder-XL' (with dtype=True: 'FlashDecoder-XL fp8 compiled'), 'Wan2.2 conv VAE'."""
     if row["kind"] == "flashdecode":
-        return f"FlashDecoder-{row['model'].upper()}"
-    return f"{row['model'].capitalize()} conv VAE"
+        name = f"FlashDecoder-{row['model'].upper()}"
+        if dtype:
+            name += f" {SHORT_DTYPES.get(row['dtype'], row['dtype'])}"
+        compile_mode = row.get("compile", "off")
+        if compile_mode == "on" or (compile_mode == "auto" and row.get("compiled")):
+            name += " compiled"
+        return name
+    return f"{row['model'].capitalize()} conv VAE" + (f" {SHORT_DTYPES.get(row['dtype'], row['dtype'])}" if dtype else "")
+
+
+def series(row: dict) -> tuple:
+    """What makes one line of results: decoder, dtype and compile mode."""
+    return row["decoder"], row["dtype"], row.get("compile", "off")
 
 
 def _mb(b) -> str:
@@ -451,23 +652,27 @@ def render_table(rows: list[dict]):
     from rich.table import Table
 
     lengths = len({r["latent_frames"] for r in rows}) > 1
+    dtypes = len({r["dtype"] for r in rows}) > 1
+    outputs = sorted({r["output"] for r in rows if r.get("output")})
     devices = sorted({f"{r['device']} {r['dtype']}" for r in rows})
     table = Table(title=f"flashdecode bench ({', '.join(devices)})", title_justify="left")
     for col in ("decoder", "res", "frames (latent)", "params", "GFLOP/frame", "1st frame", "ms/latent frame\nmedian | p90",
                 "FPS", "TFLOP/s", "peak mem\n(before decode)", "speed-up", "less mem"):
         table.add_column(col, justify="left" if col in ("decoder", "res") else "right", no_wrap=col == "decoder")
+    if outputs:
+        table.add_column(f"end to end FPS\n({', '.join(outputs)}; x FPS)", justify="right")
     if lengths:
         table.add_column("peak vs\nshortest", justify="right")
     notes = []
     for r in rows:
         why = r.get("error") or r.get("skipped")
         base = r["kind"] == "baseline"
-        cells = [display_name(r) + (" (random weights)" if r["random_weights"] else ""), r["res"],
+        cells = [display_name(r, dtypes) + (" (random weights)" if r["random_weights"] else ""), r["res"],
                  f"{r['frames']} ({r['latent_frames']})"]
         if why:
             notes.append(f"[{len(notes) + 1}] {cells[0]}, {r['res']}, {r['latent_frames']} latent frames: {why}")
             label = "failed" if r.get("error") else "skipped"
-            cells += [f"[{'red' if r.get('error') else 'yellow'}]{label} [{len(notes)}][/]"] + [""] * 8
+            cells += [f"[{'red' if r.get('error') else 'yellow'}]{label} [{len(notes)}][/]"] + [""] * (8 + bool(outputs))
         else:
             cells += [f"{r['params'] / 1e6:.1f} M", _num(r["flops_per_frame"] and r["flops_per_frame"] / 1e9, ",.1f"),
                       f"{r['ttff_ms']:,.0f} ms", f"{r['ms_per_latent_frame']:,.1f} | {r['ms_per_latent_frame_p90']:,.1f}",
@@ -475,6 +680,12 @@ def render_table(rows: list[dict]):
                       f"{_mb(r['peak_mem_bytes'])} ({_mb(r['mem_before_bytes'])})",
                       "baseline" if base else _num(r.get("speedup_vs_baseline"), ".1f", "x"),
                       "baseline" if base else _num(r.get("mem_ratio_vs_baseline"), ".1f", "x")]
+            if outputs:
+                if r.get("e2e_error"):
+                    notes.append(f"[{len(notes) + 1}] {cells[0]}, {r['res']}, end to end: {r['e2e_error']}")
+                    cells.append(f"[red]failed [{len(notes)}][/]")
+                else:
+                    cells.append("-" if not r.get("e2e_fps") else f"{r['e2e_fps']:,.2f} ({r['e2e_vs_fps']:.2f}x)")
         if lengths:
             cells.append(_num(r.get("mem_vs_shortest"), ".3f"))
         table.add_row(*cells)
@@ -483,6 +694,9 @@ def render_table(rows: list[dict]):
     if any(r["kind"] == "baseline" for r in rows):
         notes.append("speed-up = baseline time / this time; less mem = baseline peak / this peak. A conv baseline "
                      "returns the clip only once all of it is decoded: its 1st frame = the whole clip.")
+    if outputs:
+        notes.append("end to end: the same clip through flashdecode.decode_file (latent file -> decode -> convert -> "
+                     "encode -> flushed file; raw: rgb24 to /dev/null) in the same process; x FPS = its FPS / FPS.")
     if any(r.get("device") == "cpu" and r.get("fps") for r in rows):
         notes.append("CPU memory: peak RSS of each case's own process, weights and runtime included.")
     table.caption = "\n".join(notes)
@@ -506,13 +720,15 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = [r for r in rows if r.get("fps")]
-    decoders = list(dict.fromkeys(r["decoder"] for r in rows))
+    decoders = list(dict.fromkeys(series(r) for r in rows))
+    dtypes = len({r["dtype"] for r in rows}) > 1
     fig, (ax_fps, ax_mem) = plt.subplots(1, 2, figsize=(11, 4))
     if len({r["latent_frames"] for r in rows}) > 1:
         for d in decoders:
-            for res in dict.fromkeys(r["res"] for r in rows if r["decoder"] == d):
-                pts = sorted((r["latent_frames"], r) for r in rows if r["decoder"] == d and r["res"] == res)
-                label = f"{display_name(pts[0][1])} {res}"
+            for res in dict.fromkeys(r["res"] for r in rows if series(r) == d):
+                pts = sorted(((r["latent_frames"], r) for r in rows if series(r) == d and r["res"] == res),
+                             key=lambda p: p[0])
+                label = f"{display_name(pts[0][1], dtypes)} {res}"
                 ax_fps.plot([n for n, _ in pts], [r["ms_per_latent_frame"] for _, r in pts], "o-", label=label)
                 ax_mem.plot([n for n, _ in pts], [r["peak_mem_bytes"] / 2**20 for _, r in pts], "o-", label=label)
         for ax, ylabel in ((ax_fps, "ms per latent frame"), (ax_mem, "peak memory (MiB)")):
@@ -526,9 +742,9 @@ def plot(rows: list[dict], path: Path) -> None:
         resolutions = list(dict.fromkeys(r["res"] for r in rows))
         width = 0.8 / max(len(decoders), 1)
         for i, d in enumerate(decoders):
-            by_res = {r["res"]: r for r in rows if r["decoder"] == d}
+            by_res = {r["res"]: r for r in rows if series(r) == d}
             xs = [j + i * width for j, res in enumerate(resolutions) if res in by_res]
-            label = display_name(next(iter(by_res.values())))
+            label = display_name(next(iter(by_res.values())), dtypes)
             ax_fps.bar(xs, [by_res[res]["fps"] for res in resolutions if res in by_res], width, label=label)
             ax_mem.bar(xs, [by_res[res]["peak_mem_bytes"] / 2**20 for res in resolutions if res in by_res], width,
                        label=label)

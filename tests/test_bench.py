@@ -31,7 +31,7 @@ def test_resolutions():
 
 
 def test_cases_cover_every_decoder_resolution_and_length():
-    cases = harness.build_cases(["32x32", "480p"], ["tiny", "s"], ["wan2.2"], [4, 2], device="cpu", dtype="float32")
+    cases = harness.build_cases(["32x32", "480p"], ["tiny", "s"], ["wan2.2"], [4, 2], dtypes=["float32"], device="cpu")
     assert len(cases) == 2 * 2 * 3
     assert [c.decoder for c in cases[:3]] == ["wan2.2-conv", "flashdecode-tiny", "flashdecode-s"]
     assert [c.latent_frames for c in cases[:6]] == [2, 2, 2, 4, 4, 4]  # shortest first
@@ -66,7 +66,7 @@ def test_ratios_pair_each_decoder_with_the_baseline_of_the_same_clip():
 
 def test_budget_skips_lengths_that_would_take_too_long():
     case = harness.Case("baseline", "wan2.2", "r", 32, 32, latent_frames=1000, budget_s=10)
-    done = [dict(decoder="wan2.2-conv", res="r", latent_frames=10, ms_per_latent_frame=500.0)]
+    done = [dict(decoder="wan2.2-conv", res="r", dtype="float32", latent_frames=10, ms_per_latent_frame=500.0)]
     assert "skipped" in harness.too_long(case, done)
     case.latent_frames = 15
     assert harness.too_long(case, done) is None
@@ -114,29 +114,45 @@ def test_table_and_plot_from_rows(tmp_path):
     assert (tmp_path / "bars.png").stat().st_size > 0 and (tmp_path / "lengths.png").stat().st_size > 0
 
 
-def test_gpu_script_runs_its_bench_path_on_cpu_at_tiny_sizes(tmp_path):
-    """benchmarks/gpu.sh end to end with the CPU overrides: each bench invocation, case processes, JSON."""
+def test_gpu_script_runs_every_step_on_cpu_at_tiny_sizes(tmp_path):
+    """benchmarks/gpu.sh end to end with the CPU overrides: each bench and decode step, the JSON, the targets."""
     script = REPO / "benchmarks" / "gpu.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="fp32", MODELS="tiny", RES="32x32",
-               HIGH_RES="32x32", FRAMES="5", LENGTHS="2", LENGTH_MODELS="tiny", LENGTH_RES="16x16",
-               BENCH_ARGS="--baseline-size tiny --warmup 0", SKIP_INSTALL="1", SKIP_TESTS="1", NO_PLOT="1")
+    env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="bf16", MODELS="tiny", RES="32x32", FRAMES="5",
+               COMPILES="off", FP8_COMPILE="off", E2E_MODEL="tiny", E2E_RES="32x32", E2E_LATENT_FRAMES="3",
+               LENGTHS="2,3", LENGTH_MODELS="tiny", LENGTH_RES="16x16", BENCH_ARGS="--baseline-size tiny --warmup 0",
+               DECODE_ARGS="--dtype bf16", SKIP_INSTALL="1", SKIP_TESTS="1", NO_PLOT="1")
     proc = subprocess.run(["bash", str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "nvidia-smi" in (tmp_path / "nvidia-smi.txt").read_text() or (tmp_path / "nvidia-smi.txt").exists()
+    assert (tmp_path / "nvidia-smi.txt").exists()
     assert "flashdecode bench" in (tmp_path / "gpu.log").read_text()
 
-    vs = json.loads((tmp_path / "bench_vs_wan22.json").read_text())
-    assert MACHINE_KEYS <= vs["machine"].keys() and "hostname" not in json.dumps(vs["machine"]).lower()
-    assert [r["decoder"] for r in vs["rows"]] == ["wan2.2-conv", "flashdecode-tiny"]
-    for r in vs["rows"]:
+    main = json.loads((tmp_path / "bench_bf16.json").read_text())
+    assert MACHINE_KEYS <= main["machine"].keys() and "hostname" not in json.dumps(main["machine"]).lower()
+    assert [r["decoder"] for r in main["rows"]] == ["wan2.2-conv", "flashdecode-tiny"]
+    for r in main["rows"]:
         assert "error" not in r, r.get("error")
         assert ROW_KEYS <= r.keys() and r["random_weights"] is True and r["device"] == "cpu" and r["frames"] == 5
-    fd = vs["rows"][1]
+        assert r["dtype"] == "bfloat16"
+    fd = main["rows"][1]
     assert fd["baseline"] == "wan2.2-conv" and fd["speedup_vs_baseline"] > 0 and fd["mem_ratio_vs_baseline"] > 0
+    assert fd["output"] == "mp4" and fd["e2e_frames"] == 5 and fd["e2e_fps"] > 0 and fd["e2e_bytes_per_frame"] > 0
 
-    assert json.loads((tmp_path / "bench_lengths.json").read_text())["rows"][0]["latent_frames"] == 2
-    assert json.loads((tmp_path / "bench_high_res.json").read_text())["rows"][0]["res"] == "32x32"
+    for name, frames in (("mp4", 9), ("raw", 9)):  # the CLI end to end on a 3-latent-frame file
+        summary = json.loads((tmp_path / f"decode_{name}.json").read_text())
+        assert summary["status"] == "ok" and summary["frames"] == frames and summary["model"] == "tiny", summary
+    lengths = json.loads((tmp_path / "bench_lengths.json").read_text())["rows"]
+    assert [r["latent_frames"] for r in lengths] == [2, 3] and lengths[1]["mem_vs_shortest"] > 0
+    assert (tmp_path / "bench_fp8.json").exists()
+
+    targets = json.loads((tmp_path / "targets.json").read_text())["targets"]
+    by_name = {t["target"]: t for t in targets}
+    assert by_name["TINY bf16 FPS (32x32, 5-frame clips)"]["met"] is not None  # measured, whatever the verdict
+    assert by_name["TINY bf16 speed-up vs Wan2.2 conv (32x32, same run)"]["measured"]
+    assert by_name["TINY peak allocated, bf16 (32x32)"]["met"] is None  # CPU rows have no CUDA allocator peak
+    assert by_name["decode -o out.mp4 --model tiny, end to end / decode-only"]["measured"]
+    assert by_name["decode -o - --format raw --model tiny, end to end / decode-only"]["measured"]
+    assert "met" in (tmp_path / "targets.txt").read_text()
 
 
 @pytest.mark.cuda

@@ -22,7 +22,14 @@ def bench(
                                                             "wan2.1, wan2.2 (comma list) or none"),
     latent_space: str = typer.Option("wan2.2", "--latent-space", help="latent space of the FlashDecoder rows"),
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda if available)"),
-    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16 or fp32 (default: bf16 on cuda, fp32 on cpu)"),
+    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16, fp32 or fp8 (FlashDecoder rows; baselines run in "
+                                                    "the others), comma list runs each (default: bf16 on cuda, fp32 "
+                                                    "on cpu)"),
+    compile: str = typer.Option("auto", "--compile", help="FlashDecoder rows: auto (load_decoder's measured "
+                                                          "default), on or off; comma list runs each (e.g. off,on)"),
+    output: str = typer.Option(None, "--output", help="mp4 or raw: also decode each FlashDecoder clip through "
+                                                      "flashdecode.decode_file into a real .mp4 file (raw: rgb24 "
+                                                      "to /dev/null) and report e2e_fps beside FPS"),
     warmup: int = typer.Option(1, "--warmup", help="warm-up decodes of a short clip before timing"),
     repeat: int = typer.Option(3, "--repeat", help="timed decodes of the whole clip; medians are reported"),
     budget_s: float = typer.Option(120.0, "--budget-s", help="per case: stop repeating once another run would pass "
@@ -35,12 +42,14 @@ def bench(
     plot_path: Path = typer.Option(None, "--plot", help="FPS and memory chart (.png; needs matplotlib)"),
     baseline_size: str = typer.Option("full", "--baseline-size", hidden=True, help="tiny: narrow baselines (tests)"),
 ) -> None:
-    """Measure FPS, ms per latent frame, time to first frame, peak memory and FLOPs, each case in its own process."""
+    """Measure FPS, ms per latent frame, time to first frame, peak memory and FLOPs, each case in its own process.
+
+    Exits 2 with one error line when no case could be measured (every one failed or was skipped)."""
     import torch
     from rich.console import Console
 
     from .. import bench as harness
-    from ..engine import resolve_device, resolve_dtype
+    from ..engine import resolve_device
     from ..errors import FlashdecodeError
     from ..latent_spaces import get_latent_space, latent_frames
 
@@ -48,13 +57,36 @@ def bench(
     baselines = [b.lower() for b in harness.parse_list(baseline) if b.lower() != "none"]
     try:
         get_latent_space(latent_space)
-        counts = [int(n) for n in harness.parse_list(lengths)] if lengths else [latent_frames(frames)]
     except ValueError as e:
-        raise FlashdecodeError(f"{e}; --frames takes pixel frames (4k+1), --lengths latent frame counts") from None
-    dev = resolve_device(device)
+        raise FlashdecodeError(f"--latent-space: {e}") from None
+    if lengths is not None:
+        counts = harness.parse_int_list(lengths, "--lengths")
+    else:
+        try:
+            counts = [latent_frames(frames)]
+        except ValueError as e:
+            raise FlashdecodeError(f"--frames {frames}: {e}") from None
+    for name, value, least in (("--warmup", warmup, 0), ("--repeat", repeat, 1), ("--threads", threads, 1)):
+        if value is not None and value < least:
+            raise FlashdecodeError(f"{name} must be at least {least}, got {value}")
+    for name, value in (("--budget-s", budget_s), ("--timeout", timeout)):
+        if not value > 0:  # also refuses nan
+            raise FlashdecodeError(f"{name} must be a positive number of seconds, got {value}")
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as e:
+        raise FlashdecodeError(f"unknown --device {device!r} ({e}); use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FlashdecodeError(f"--device {device}: bench runs on cpu or cuda")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FlashdecodeError("--device cuda but no CUDA GPU is visible here; use --device cpu")
-    dt = str(resolve_dtype(dtype, dev)).removeprefix("torch.")
+    dtypes = harness.parse_dtypes(dtype, dev.type)
+    compiles = harness.parse_choices(compile, "--compile", harness.COMPILE_MODES)
+    if output is not None:
+        output = harness.parse_choices(output, "--output", harness.OUTPUTS)
+        if len(output) > 1:
+            raise FlashdecodeError("--output takes one of mp4, raw (run bench once for each)")
+        output = output[0]
     if weights != "random" and len(models) > 1:
         raise FlashdecodeError("--weights PATH fits one --model; pass a single variant or --weights random")
     if weights != "random" and not Path(weights).is_file():
@@ -62,9 +94,10 @@ def bench(
     if plot_path:
         harness.check_plot_dependency()
     harness.check_baseline_dependency(baselines)
-    cases = harness.build_cases(harness.parse_list(res), models, baselines, counts, latent_space=latent_space,
-                                device=dev.type, dtype=dt, warmup=warmup, repeat=repeat, budget_s=budget_s,
-                                weights=weights, baseline_size=baseline_size, threads=threads)
+    cases = harness.build_cases(harness.parse_list(res), models, baselines, counts, dtypes=dtypes, compiles=compiles,
+                                latent_space=latent_space, device=dev.type, output=output, warmup=warmup,
+                                repeat=repeat, budget_s=budget_s, weights=weights, baseline_size=baseline_size,
+                                threads=threads)
 
     err = Console(stderr=True)
     rows = harness.Bench(cases, timeout=timeout, json_path=json_path).run(progress=lambda m: err.print(m, highlight=False, soft_wrap=True))
@@ -74,6 +107,9 @@ def bench(
     out.print(harness.render_table(rows))
     if json_path:
         err.print(f"wrote {json_path}")
-    if plot_path:
+    if plot_path and any(r.get("fps") for r in rows):
         harness.plot(rows, plot_path)
         err.print(f"wrote {plot_path}")
+    if not any(r.get("fps") for r in rows):
+        first = next((r.get("error") or r.get("skipped") for r in rows), "no case ran")
+        raise FlashdecodeError(f"no case could be measured: all {len(rows)} failed or were skipped (first: {first})")
