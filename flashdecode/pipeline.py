@@ -242,7 +242,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     H, W = decoder.pixel_size(h, w)
     summary = {"status": status, "input": latents.name, "outputs": outputs, "frames": written,
                "width": W, "height": H, "fps": fps, "batch": len(items), "model": decoder.config.name,
-               "latent_space": space, "dtype": str(decoder.dtype).replace("torch.", ""),
+               "latent_space": space, "dtype": decoder.precision,
                "random_weights": decoder.random_weights, "parameters": decoder.num_parameters(), **stats}
     if failure is not None:
         summary["error"] = str(failure) or type(failure).__name__

@@ -37,9 +37,10 @@ def decode(
     raw: bool = typer.Option(False, "--raw", help="Latents are un-normalized VAE latents (default: normalized, "
                              "as diffusion pipelines pass them)."),
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if available)."),
-    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16, fp32 (default: bf16 on cuda, fp32 on cpu)."),
-    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: whichever "
-                                 "is measured faster for a 5-second clip)."),
+    dtype: str = typer.Option(None, "--dtype", help="bf16, fp16, fp32, or fp8 (e4m3 weights, bf16 elsewhere) "
+                              "(default: bf16 on cuda, fp32 on cpu)."),
+    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the per-frame step (default: no: "
+                                 "its warm-up outweighs its gain for clips under minutes)."),
     batch_index: int = typer.Option(None, "--batch-index", help="Decode only this item of a batch (default: every "
                                     "item, to OUTPUT_b0, OUTPUT_b1, ...)."),
     fps: float = typer.Option(None, "--fps", help="Frames per second (default: the file's 'fps' metadata, else 16)."),
