@@ -345,7 +345,11 @@ class VideoWriter:
         return _AVSink(str(path), None, codec, fps, crf, options, preset)
 
     def _touch(self, path: Path) -> None:
-        """Create the file now: an unwritable output fails before any decoding, not after it."""
+        """Try writing the file now: an unwritable output fails before any decoding, not after it.
+
+        A new file is created and removed again: the encoder makes it with the first frames, so no empty
+        (unplayable) file ever sits under the name, even if the process is killed before then.
+        """
         if path.is_dir():
             raise FlashdecodeError(f"output {path} is a directory; give a file name like {path / 'video.mp4'}")
         existed = path.exists()
@@ -356,6 +360,7 @@ class VideoWriter:
             raise FlashdecodeError(f"cannot write output {path}: {e.strerror or e}; "
                                    "pick a writable location with -o") from None
         if not existed:
+            path.unlink()
             self._created.append(path)
 
     def _make_folder(self, folder: Path) -> None:
