@@ -89,6 +89,9 @@ def check_outdir(output: str | None) -> Path:
 
 # -- ranks ------------------------------------------------------------------------------------------------
 
+_joined: list = []  # non-empty once distributed() started the process group (so gather() ends it)
+
+
 def distributed() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; joins the process group when world > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -98,6 +101,7 @@ def distributed() -> tuple[int, int, int]:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")  # only small Python objects travel: no NCCL, works on CPU too
+        _joined.append(True)
     return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
@@ -120,6 +124,11 @@ def gather(results: list[dict], world: int) -> list[dict]:
 
     everyone: list = [None] * world
     dist.all_gather_object(everyone, results)
+    # Leave together: a rank exiting while gloo still holds its peer's socket can abort the other at exit.
+    if _joined:
+        dist.barrier()
+        dist.destroy_process_group()
+        _joined.clear()
     return sorted((r for rank in everyone for r in rank), key=lambda r: r["index"])
 
 
