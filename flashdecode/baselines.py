@@ -17,7 +17,7 @@ from .latent_spaces import LatentSpace, get_latent_space
 
 _WAN22 = get_latent_space("wan2.2")
 
-# DESIGN.md section 2: Wan2.1 is diffusers' defaults; Wan2.2 the 48-channel, /16 residual VAE.
+# docs/design.md section 2: Wan2.1 is diffusers' defaults; Wan2.2 the 48-channel, /16 residual VAE.
 CONFIGS: dict[str, dict] = {
     "wan2.1": {},
     "wan2.2": dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12,

@@ -12,7 +12,7 @@ raw rgb24 to /dev/null), in the same process, so `e2e_fps` and `fps` are measure
 
 Memory. CUDA: `max_memory_allocated` (and `_reserved`), reset after the warm-up. CPU: the case's peak
 resident set (VmHWM), reset after the warm-up, with `MALLOC_MMAP_THRESHOLD_=262144` so glibc returns big
-buffers at once instead of keeping a moving heap (DESIGN.md section 7); the RSS just before the timed runs
+buffers at once instead of keeping a moving heap (docs/design.md section 7); the RSS just before the timed runs
 is reported too, so weights and activations can be told apart.
 """
 from __future__ import annotations

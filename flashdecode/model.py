@@ -1,6 +1,6 @@
 """FlashDecoder: a pure Transformer that turns one latent frame at a time into 4 pixel frames.
 
-Per latent frame (DESIGN.md section 3): patchify + embed -> D pre-norm GQA blocks attending to the
+Per latent frame (docs/design.md section 3): patchify + embed -> D pre-norm GQA blocks attending to the
 current frame and the previous W frames through a rolling KV cache -> temporal-first upsampling x4 ->
 2 refinement blocks along the 4 sub-frames -> spatial head + PixelShuffle(16) -> RGB in [-1, 1].
 

@@ -75,7 +75,7 @@ def test_budget_skips_lengths_that_would_take_too_long():
 def test_baseline_builders_decode_like_diffusers():
     from flashdecode.baselines import build_vae, load_baseline
 
-    assert sum(p.numel() for p in build_vae("wan2.2").parameters()) == 555_051_580  # DESIGN.md: 555.0 M
+    assert sum(p.numel() for p in build_vae("wan2.2").parameters()) == 555_051_580  # docs/design.md: 555.0 M
     assert sum(p.numel() for p in build_vae("wan2.1").parameters()) == 73_295_603  # 73.3 M
     for name, channels, grid in (("wan2.1", 16, (4, 6)), ("wan2.2", 48, (2, 3))):  # /8 and /16
         base = load_baseline(name, "cpu", torch.float32, size="tiny")

@@ -37,7 +37,7 @@ def test_output_does_not_depend_on_absolute_frame_index(decoder):
 
 
 def test_frames_reach_back_further_than_the_window(decoder):
-    # Each layer looks W=2 frames back, so with depth 2 the last frame still sees frame T-5 (DESIGN.md 3).
+    # Each layer looks W=2 frames back, so with depth 2 the last frame still sees frame T-5 (docs/design.md 3).
     z = random_latents(decoder, frames=6, seed=2)
     changed = z.clone()
     changed[:, :, 1] += 1.0
@@ -96,7 +96,7 @@ def peak_rss_kb(frames: int) -> int:
 
 
 def test_memory_does_not_grow_with_length():
-    # DESIGN.md 7: depth 2, width 128, 24x24 grid; a kept output or a torch.cat cache shows 1.17-1.36.
+    # docs/design.md 7: depth 2, width 128, 24x24 grid; a kept output or a torch.cat cache shows 1.17-1.36.
     short, long = peak_rss_kb(8), peak_rss_kb(64)
     assert long / short <= 1.05, (short, long)
 

@@ -14,7 +14,7 @@ def test_parameter_counts_match_the_paper(variant):
 
 
 def test_flops_match_the_cost_model():
-    # DESIGN.md section 7: XL ~80.6 TFLOP per 25-frame 720p clip (45x80 tokens), S ~10.1, XL 1080p ~265.
+    # docs/design.md section 7: XL ~80.6 TFLOP per 25-frame 720p clip (45x80 tokens), S ~10.1, XL 1080p ~265.
     assert flops_per_clip(ModelConfig.build("xl"), 45, 80, 7) / 1e12 == pytest.approx(80.6, rel=2e-3)
     assert flops_per_clip(ModelConfig.build("s"), 45, 80, 7) / 1e12 == pytest.approx(10.1, rel=3e-3)
     assert flops_per_clip(ModelConfig.build("xl"), 68, 120, 7) / 1e12 == pytest.approx(265, rel=2e-3)

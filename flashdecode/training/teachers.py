@@ -19,7 +19,7 @@ from ..errors import FlashdecodeError
 from ..latent_spaces import LATENT_SPACES, LatentSpace, get_latent_space
 from .demo_codec import PCATeacher
 
-# AutoencoderKLWan configs of the real VAEs (DESIGN.md section 2); a single-file checkpoint gets the one its z_dim names.
+# AutoencoderKLWan configs of the real VAEs (docs/design.md section 2); a single-file checkpoint gets the one its z_dim names.
 WAN_CONFIGS = {
     "wan2.1": {},  # diffusers' defaults are the Wan2.1 VAE
     "wan2.2": dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12,
