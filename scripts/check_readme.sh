@@ -92,6 +92,7 @@ if [ -n "$venv" ]; then  # a venv of our own that sees the given one's packages;
   site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   base=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
   echo "$base" > "$site/_base_packages.pth"
+  .venv/bin/python -m pip uninstall -q -y setuptools >/dev/null 2>&1 || true  # the given env's (newer) one builds
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
   printf '#!%s\nfrom torch.distributed.run import main\nmain()\n' "$PWD/.venv/bin/python" > .venv/bin/torchrun
   chmod +x .venv/bin/torchrun
