@@ -67,9 +67,14 @@ class FlashDecoderVAE(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_checkpoint(cls, path, model: str | None = None, latent_space: str | None = None, device=None,
-                        dtype=None) -> "FlashDecoderVAE":
-        """A FlashDecoder checkpoint (.safetensors from `flashdecode train`) as a diffusers VAE."""
-        return cls(load_decoder(model, latent_space, weights=str(path), device=device or "cpu", dtype=dtype))
+                        dtype=None, **load_kw) -> "FlashDecoderVAE":
+        """A FlashDecoder checkpoint (.safetensors from `flashdecode train`) as a diffusers VAE.
+
+        On the CPU until moved (`pipe.to("cuda")`), unless `device` says otherwise; `load_kw` (backend,
+        compile) go to `flashdecode.load_decoder`.
+        """
+        return cls(load_decoder(model, latent_space, weights=str(path), device=device or "cpu", dtype=dtype,
+                                **load_kw))
 
     @property
     def decoder(self) -> Decoder:
