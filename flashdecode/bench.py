@@ -242,20 +242,6 @@ def _proc_status_bytes(key: str) -> int:
     raise OSError(f"no {key} in /proc/self/status")
 
 
-def _compile_kwargs(case: Case) -> dict:
-    """compile=... for load_decoder, where this flashdecode's load_decoder takes it."""
-    import inspect
-
-    from .engine import load_decoder
-
-    mode = COMPILE_MODES[case.compile]
-    if "compile" in inspect.signature(load_decoder).parameters:
-        return {"compile": mode}
-    if mode:
-        raise FlashdecodeError("this flashdecode's load_decoder has no compile option; use --compile off")
-    return {}
-
-
 def _load(case: Case, device):
     """-> (decoder, its latent space, latent grid (h, w), FLOPs of the whole clip, how they were counted)."""
     if case.kind == "baseline":
@@ -270,7 +256,7 @@ def _load(case: Case, device):
     from .model import flops_per_clip
 
     dec = load_decoder(case.model, case.latent_space, weights=case.weights, device=device, dtype=case.dtype,
-                       **_compile_kwargs(case))
+                       compile=COMPILE_MODES[case.compile])
     s = dec.latent_space.spatial
     if case.height % s or case.width % s:
         raise FlashdecodeError(f"{case.height}x{case.width} is not a multiple of {s} pixels per latent cell")
@@ -354,7 +340,7 @@ def run_case(case: Case) -> dict:
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
         threads=torch.get_num_threads(), dtype=case.dtype, model_dtype=str(decoder.dtype).removeprefix("torch."),
         compile=case.compile if case.kind == "flashdecode" else "off",
-        compiled=bool(getattr(decoder, "compiled", False)) if case.kind == "flashdecode" else False,
+        compiled=getattr(decoder.model, "compiled_frame", None) is not None if case.kind == "flashdecode" else False,
         random_weights=bool(decoder.random_weights), params=decoder.num_parameters(),
         fps=frames / (total_ms / 1e3), total_ms=total_ms, ttff_ms=statistics.median(r[1] for r in runs),
         ms_per_latent_frame=statistics.median(frame_ms), ms_per_latent_frame_p90=float(np.percentile(frame_ms, 90)),
@@ -434,7 +420,7 @@ def run_end_to_end(case: Case, pool) -> dict:
             with stdout_to_devnull() if case.output == "raw" else nullcontext():
                 summary = decode_file(source, output, model=case.model, weights=case.weights,
                                       latent_space=case.latent_space, device=case.device, dtype=case.dtype,
-                                      quiet=True, **_compile_kwargs(case),
+                                      compile=COMPILE_MODES[case.compile], quiet=True,
                                       stdout_format="raw" if case.output == "raw" else None)
             if output != "-":
                 summary["bytes"] = Path(output).stat().st_size

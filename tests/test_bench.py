@@ -2,6 +2,7 @@
 
 Numbers are not asserted (the CPU is shared and noisy); the structure is.
 """
+import importlib.util
 import json
 import os
 import subprocess
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from flashdecode import FlashdecodeError
 from flashdecode import bench as harness
+from flashdecode.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"decoder", "res", "frames", "device", "dtype", "random_weights", "params", "fps", "ms_per_latent_frame",
@@ -50,6 +53,77 @@ def test_run_case_in_process_gives_a_complete_row():
     assert row["ms_per_latent_frame_p90"] >= row["ms_per_latent_frame"] > 0
 
 
+def test_dtype_and_compile_lists_make_one_case_each_and_baselines_skip_fp8():
+    cases = harness.build_cases(["32x32"], ["tiny"], ["wan2.2"], [2], dtypes=["bfloat16", "fp8"],
+                                compiles=["off", "on"], device="cuda", output="mp4")
+    assert [(c.kind, c.dtype, c.compile) for c in cases] == [
+        ("baseline", "bfloat16", "off"), ("flashdecode", "bfloat16", "off"), ("flashdecode", "bfloat16", "on"),
+        ("flashdecode", "fp8", "off"), ("flashdecode", "fp8", "on")]
+    assert cases[0].output is None and all(c.output == "mp4" for c in cases[1:])
+    fp8_only = harness.build_cases(["32x32"], ["tiny"], ["wan2.2"], [2], dtypes=["fp8"], device="cpu")
+    assert [(c.kind, c.dtype) for c in fp8_only] == [("baseline", "float32"), ("flashdecode", "fp8")]
+    assert harness.parse_dtypes("bf16,BF16,fp8", "cuda") == ["bfloat16", "fp8"]
+    assert harness.parse_dtypes(None, "cpu") == ["float32"]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--lengths", "a,b"], "--lengths takes whole numbers separated by commas (e.g. 10,100,1000); 'a' is not one"),
+    (["--lengths", "3,0"], "--lengths: latent frame counts must be at least 1, got 0"),
+    (["--lengths", ","], "--lengths is empty"),
+    (["--frames", "10"], "--frames 10: 10 pixel frames is not 4k+1"),
+    (["--dtype", "bf16,fp4"], "--dtype: 'fp4' is not one of"),
+    (["--compile", "maybe"], "--compile: 'maybe' is not one of auto, on, off"),
+    (["--output", "mkv"], "--output: 'mkv' is not one of mp4, raw"),
+    (["--output", "mp4,raw"], "--output takes one of mp4, raw"),
+    (["--repeat", "0"], "--repeat must be at least 1, got 0"),
+    (["--budget-s", "nan"], "--budget-s must be a positive number of seconds"),
+    (["--res", "33x32"], "must be positive multiples of 16"),
+    (["--model", "huge"], "unknown model 'huge'"),
+])
+def test_bad_options_are_one_error_line_before_any_case_runs(args, says):
+    result = CliRunner().invoke(app, ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], result.stderr
+    assert "Traceback" not in result.output and not result.stdout.strip()  # no table: nothing ran
+
+
+def test_bench_exits_2_when_every_case_failed(tmp_path):
+    out = tmp_path / "rows.json"
+    result = CliRunner().invoke(app, ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--frames", "5",
+                                      "--timeout", "0.01", "--json", str(out)])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: no case could be measured: all 1 failed or were skipped (first: timed out after 0 s)"]
+    assert "Traceback" not in result.output and "failed [1]" in result.stdout  # the table still says why
+    assert json.loads(out.read_text())["rows"][0]["error"] == "timed out after 0 s"
+
+
+@pytest.mark.parametrize("output", ["mp4", "raw"])
+def test_end_to_end_row_decodes_the_same_clip_into_a_real_output(output):
+    case = harness.Case("flashdecode", "tiny", "32x48", 32, 48, latent_frames=3, warmup=1, repeat=2, output=output)
+    row = harness.add_ratios([harness.run_case(case)])[0]
+    assert "e2e_error" not in row, row.get("e2e_error")
+    assert row["output"] == output and row["e2e_frames"] == row["frames"] == 9 and 1 <= row["e2e_runs"] <= 2
+    assert row["e2e_fps"] > 0 and row["e2e_vs_fps"] == pytest.approx(row["e2e_fps"] / row["fps"])
+    if output == "mp4":  # a real encoded file: some bytes per frame, far fewer than raw rgb24
+        assert 0 < row["e2e_bytes_per_frame"] < 32 * 48 * 3
+    else:
+        assert row["e2e_bytes_per_frame"] is None
+
+
+def test_fp8_and_compiled_rows_say_what_ran(monkeypatch):
+    from flashdecode.model import FlashDecoder
+
+    fp8 = harness.run_case(harness.Case("flashdecode", "tiny", "32x32", 32, 32, latent_frames=2, repeat=1, dtype="fp8"))
+    assert fp8["dtype"] == "fp8" and fp8["model_dtype"] == "bfloat16" and fp8["compiled"] is False
+    # compile=on reaches load_decoder (torch.compile itself is A's test: here a stand-in that marks the model)
+    monkeypatch.setattr(FlashDecoder, "compile_frame", lambda self: setattr(self, "compiled_frame", self.frame))
+    on = harness.run_case(harness.Case("flashdecode", "tiny", "32x32", 32, 32, latent_frames=2, repeat=1, compile="on"))
+    assert on["compile"] == "on" and on["compiled"] is True
+    assert harness.display_name(on, dtype=True) == "FlashDecoder-TINY fp32 compiled"
+
+
 def test_ratios_pair_each_decoder_with_the_baseline_of_the_same_clip():
     def row(kind, model, n, total, peak, space="wan2.2"):
         return dict(decoder=model, kind=kind, model=model, res="r", height=32, width=32, latent_frames=n,
@@ -62,6 +136,18 @@ def test_ratios_pair_each_decoder_with_the_baseline_of_the_same_clip():
     assert fd["speedup_vs_baseline"] == pytest.approx(100.0) and fd["mem_ratio_vs_baseline"] == pytest.approx(8.0)
     assert rows[3]["speedup_vs_baseline"] is None  # no baseline ran at 8 latent frames
     assert rows[3]["mem_vs_shortest"] == pytest.approx(1.01)
+
+    # fp8 rows pair with the bf16 baseline; compiled rows are their own series for memory against length
+    rows = harness.add_ratios([
+        row("baseline", "wan2.2", 2, 1000.0, 800) | {"dtype": "float32"},
+        row("baseline", "wan2.2", 2, 500.0, 400) | {"dtype": "bfloat16"},
+        row("flashdecode", "s", 2, 10.0, 100) | {"dtype": "fp8", "e2e_fps": 0.5},
+        row("flashdecode", "s", 2, 20.0, 100) | {"dtype": "bfloat16", "compile": "on"},
+        row("flashdecode", "s", 8, 80.0, 150) | {"dtype": "bfloat16", "compile": "off"},
+    ])
+    assert rows[2]["speedup_vs_baseline"] == pytest.approx(50.0) and rows[2]["e2e_vs_fps"] == pytest.approx(0.5)
+    assert rows[3]["speedup_vs_baseline"] == pytest.approx(25.0)
+    assert "mem_vs_shortest" not in rows[4]  # its only length in its series (eager); the compiled row is another
 
 
 def test_budget_skips_lengths_that_would_take_too_long():
@@ -143,7 +229,9 @@ def test_gpu_script_runs_every_step_on_cpu_at_tiny_sizes(tmp_path):
         assert summary["status"] == "ok" and summary["frames"] == frames and summary["model"] == "tiny", summary
     lengths = json.loads((tmp_path / "bench_lengths.json").read_text())["rows"]
     assert [r["latent_frames"] for r in lengths] == [2, 3] and lengths[1]["mem_vs_shortest"] > 0
-    assert (tmp_path / "bench_fp8.json").exists()
+    fp8 = json.loads((tmp_path / "bench_fp8.json").read_text())["rows"]
+    assert [(r["decoder"], r["dtype"]) for r in fp8] == [("flashdecode-tiny", "fp8")]
+    assert "error" not in fp8[0] and fp8[0]["e2e_frames"] == 5, fp8[0]
 
     targets = json.loads((tmp_path / "targets.json").read_text())["targets"]
     by_name = {t["target"]: t for t in targets}
@@ -153,6 +241,41 @@ def test_gpu_script_runs_every_step_on_cpu_at_tiny_sizes(tmp_path):
     assert by_name["decode -o out.mp4 --model tiny, end to end / decode-only"]["measured"]
     assert by_name["decode -o - --format raw --model tiny, end to end / decode-only"]["measured"]
     assert "met" in (tmp_path / "targets.txt").read_text()
+
+
+def _targets_module():
+    spec = importlib.util.spec_from_file_location("targets", REPO / "benchmarks" / "targets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_judge_the_issue_table_from_rows():
+    targets = _targets_module()
+
+    def row(model, dtype, fps, peak, **kw):
+        return dict(kind="flashdecode", model=model, decoder=f"flashdecode-{model}", dtype=dtype, res="720p",
+                    frames=25, latent_frames=7, height=720, width=1280, device="cuda", fps=fps, peak_mem_bytes=peak,
+                    mem_method="cuda max_memory_allocated", compile=kw.pop("compile", "off"), source="bench_x.json",
+                    **kw)
+
+    rows = [row("xl", "bfloat16", 120.0, 2.5e9, speedup_vs_baseline=6.0, mem_ratio_vs_baseline=4.8),
+            row("xl", "bfloat16", 170.0, 1.8e9, compile="on", speedup_vs_baseline=8.5, mem_ratio_vs_baseline=5.0),
+            row("xl", "bfloat16", 110.0, 2.4e9) | dict(latent_frames=60, frames=237),
+            row("s", "bfloat16", 650.0, 0.4e9, output="mp4", e2e_fps=600.0, e2e_vs_fps=600 / 650)]
+    mp4 = dict(status="ok", frames=237, seconds=237 / 100.0, latent_frames=60, model="xl", height=720, width=1280,
+               dtype="bfloat16")
+    got = {r["target"]: r for r in targets.evaluate(rows, mp4, None)}
+    assert got["XL bf16 FPS (720p, 25-frame clips)"]["met"] is True  # the fastest row: compiled, 170
+    assert got["XL bf16 FPS (720p, 25-frame clips)"]["measured"] == "170.0"
+    assert got["XL fp8 FPS (720p, 25-frame clips)"]["met"] is None  # no fp8 row: not measured, not failed
+    assert got["S bf16 FPS (720p, 25-frame clips)"]["met"] is False
+    assert got["XL peak allocated, bf16 (720p)"]["met"] is False  # the largest peak of the rows: 2.5 GB
+    mp4_target = got["decode -o out.mp4 --model xl, end to end / decode-only"]
+    assert mp4_target["measured"] == "0.91x" and mp4_target["met"] is True  # 100 / 110 FPS, same length
+    assert got["decode -o - --format raw --model xl, end to end / decode-only"]["met"] is None
+    assert got["XL bf16 speed-up vs Wan2.2 conv (720p, same run)"]["measured"] == "8.5x"
+    assert got["bench --output mp4: e2e_fps / fps, S bfloat16 (bench_x.json), 720p"]["met"] is True  # 0.92 >= 0.9
 
 
 @pytest.mark.cuda
