@@ -23,6 +23,12 @@ def main() -> None:
     except KeyboardInterrupt:  # between start-up and a command's run_guarded (option parsing)
         print("interrupted", file=sys.stderr, flush=True)
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit as e:
+        # typer turns a Ctrl-C while it builds or parses the command into a silent exit 130 (an Exit raised
+        # from the KeyboardInterrupt); say it, like run_guarded does once the command runs
+        if isinstance(e.__context__, Exception) and isinstance(e.__context__.__cause__, KeyboardInterrupt):
+            print("interrupted", file=sys.stderr, flush=True)
+        raise
 
 
 if __name__ == "__main__":

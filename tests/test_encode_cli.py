@@ -95,7 +95,7 @@ def test_encode_with_a_local_wan_vae(tmp_path):
     (["--max-frames", "0"], "--max-frames 0 must be at least 1"),
     (["--start", "-1"], "negative"),
     (["--start", "99999999999999999999999"], "no frames from --start"),
-    (["--device", "bogus"], "unknown --device 'bogus'"),
+    (["--device", "bogus"], "unknown device 'bogus'"),
     (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
 ])
 def test_errors_exit_2_with_one_line(tmp_path, args, message):

@@ -7,6 +7,7 @@ are made, so `flashdecode encode clip.mp4 -o - | flashdecode decode - ...` is a 
 """
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -107,7 +108,11 @@ def encode(
         stdout = sys.stdout.buffer
         count = 0
         for z in latent_frames:  # written as made: the consumer starts decoding after the first frame
-            np.lib.format.write_array(stdout, z[0].to(out_dtype).cpu().numpy(), allow_pickle=False)
+            # via bytes, not write_array(stdout): numpy's tofile on a closed pipe raises a bare OSError, where
+            # a write raises BrokenPipeError (exit 141, quietly, like decode)
+            frame = io.BytesIO()
+            np.lib.format.write_array(frame, z[0].to(out_dtype).cpu().numpy(), allow_pickle=False)
+            stdout.write(frame.getbuffer())
             stdout.flush()
             count += 1
         shape = [1, enc.latent_space.channels, count, *z.shape[-2:]]
