@@ -248,6 +248,17 @@ CASES = [
       left={"out.mp4": "absent", "s.json": "not ok"}, how="fsize",
       marks=(pytest.mark.xfail(strict=True, reason="owner: B (writer): a write failing with EFBIG leaves a truncated "
                                                     "MP4 under the final name, exit 0, --json status ok"),)),
+    C("decode-crf-negative", [*DEC, str(CROP), *OUT, *TINY, "--crf", "-5"], error="crf", left=GONE,
+      marks=(pytest.mark.xfail(strict=True, reason="owner: B (writer): --crf -5 reaches avcodec_open2, an OverflowError "
+                                                    "traceback after the first frame"),)),
+    C("decode-preset-unknown", [*DEC, str(CROP), *OUT, *TINY, "--preset", "warp"], error="preset", left=GONE),
+    C("decode-codec-unknown", [*DEC, str(CROP), *OUT, *TINY, "--codec", "nope264"], error="nope264", left=GONE),
+    C("decode-stdout-format-unknown", [*DEC, str(CROP), "-o", "-", *TINY, "--format", "gif"], error="format"),
+    C("decode-batch-index-negative", [*DEC, str(CROP), *OUT, *TINY, "--batch-index", "-1"], error="batch-index", left=GONE),
+    C("decode-many-inputs-one-file", [*DEC, str(CROP), str(CROP), *OUT, *TINY], error="folder", left=GONE),
+    C("decode-sigterm-mid-decode", [*DEC, "{tmp}/long.npy", *OUT, *TINY, "--json", "{tmp}/s.json"],
+      files={"long.npy": lambda: npy(latents(t=40).numpy())}, code=143, error=None,
+      left={"out.mp4": "playable", "s.json": "terminated"}, how="sigterm"),
     C("decode-ctrl-c-at-start-up", [*DEC, str(CROP), *OUT, *TINY], code=130, error=None, left=GONE, how="sigint"),
     C("decode-stdout-closed-by-head", [*DEC, str(CROP), "-o", "-", *TINY, "-q"], code=141, error=None, how="head"),
     # ---- info ------------------------------------------------------------------------------------------
@@ -316,6 +327,9 @@ CASES = [
     C("bench-res-junk", ["bench", "--res", "huge", "--device", "cpu"], error="res"),
     C("bench-frames-not-4k1", ["bench", "--frames", "6", "--device", "cpu"], error="4k\\+1"),
     C("bench-bad-device", ["bench", "--device", "abacus"], error="device"),
+    C("bench-unknown-model", ["bench", "--device", "cpu", "--model", "huge"], error="huge"),
+    C("bench-every-case-failed", ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--frames", "5",
+                                  "--timeout", "0.01"], error="no case could be measured"),
     # ---- train -----------------------------------------------------------------------------------------
     C("train-size-junk", ["train", str(CLIP), "--out", "{tmp}/run", "--size", "wide"], usage=True),
     C("train-missing-video", ["train", "{tmp}/none.mp4", "--out", "{tmp}/run", "--size", "32x32", "--steps", "1"], error="none.mp4"),
@@ -418,6 +432,14 @@ def _run_process(case: Case, argv, tmp: Path) -> dict:
             errs.append(err)
             assert err.strip().splitlines()[-1:] == ["interrupted"], f"Ctrl-C after {delay}s: {err!r}"
         return {"code": codes.pop() if len(codes) == 1 else codes, "stderr": "".join(errs)}
+    if case.how == "sigterm":  # what `timeout`, docker and systemd send, once the first frames are out
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for line in proc.stderr:
+            if line.startswith(b"decode:"):  # the first progress line: frames are being written
+                break
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1].decode(errors="replace")
+        return {"code": proc.returncode, "stderr": err}
     if case.how == "fsize":  # a disk that fills up: the file-size limit makes every write past it fail (EFBIG)
         def limit():
             resource.setrlimit(resource.RLIMIT_FSIZE, (1200, 1200))
@@ -463,6 +485,8 @@ def test_abuse(case: Case, tmp_path, request):
             assert _playable(path) > 0
         elif state == "untouched":
             assert path.read_bytes() == case.files[name], f"{name} was changed"
+        elif state == "terminated":
+            assert json.loads(path.read_text())["status"] == "terminated", path.read_text()
         elif state == "not ok":  # a --json summary, if written, must not claim success
             assert not path.exists() or json.loads(path.read_text())["status"] != "ok", path.read_text()
 
