@@ -43,7 +43,7 @@ cat <<EOF
 The run call (one call; gpu.sh stops its last step by 470 s, then targets and packing take seconds):
 
   run(
-    command="bash benchmarks/gpu.sh /tmp/gpu-run; tar czf \$OUT/results.tar.gz -C /tmp gpu-run; cp /tmp/gpu-run/targets.txt /tmp/gpu-run/gpu.log \$OUT/",
+    command="bash benchmarks/gpu.sh /tmp/gpu-run; sleep 1; tar czf \$OUT/results.tar.gz -C /tmp gpu-run; cp /tmp/gpu-run/targets.txt /tmp/gpu-run/gpu.log \$OUT/",
     carry=["$WHEELS"],
     timeout_s=560,
   )
