@@ -9,6 +9,7 @@ import io
 import json
 import math
 import os
+import stat
 import struct
 import sys
 from collections.abc import Iterator
@@ -147,7 +148,7 @@ def iter_npy_stream(fp, name: str = "stdin", first_bytes: bytes = b"") -> Iterat
         try:
             version = npy_format.read_magic(io.BytesIO(head))
         except ValueError:
-            raise FlashdecodeError(f"{what} does not start with the NPY magic (got {head[:6]!r}); stdin must carry "
+            raise FlashdecodeError(f"{what} does not start with the NPY magic (got {head[:6]!r}); {name} must carry "
                                    "arrays written by numpy.save one after another, or one .safetensors file") from None
         shape, fortran, dtype = _read_npy_header(fp, version, what)
         nbytes = _check_claim(shape, dtype.itemsize, dtype.kind == "f", what)
@@ -423,20 +424,13 @@ def open_latents(source: str | Path, key: str | None = None, layout: str | None 
         raise FlashdecodeError(f"unknown layout {layout!r}; choose ncthw or ntchw")
     layout = layout.lower() if layout else None
     if str(source) == "-":
-        fp = stdin or _stdin()
-        head = _read_upto(fp, npy_format.MAGIC_LEN)
-        if head[:6] == npy_format.MAGIC_PREFIX or not head:
-            return _stream(iter_npy_stream(fp, "stdin", head), "stdin", layout, channels, check)
-        head += fp.read(1)
-        if head[8:9] == b"{":  # safetensors: a u64 header length, then the JSON header
-            tensor, meta = _load_safetensors_stream(fp, head, key)
-            return _whole(tensor, "stdin", layout, channels, meta, check)
-        raise FlashdecodeError("stdin is neither NPY arrays (numpy.save) nor a safetensors file "
-                               f"(it starts with {head[:9]!r})")
+        return _open_stream(stdin or _stdin(), "stdin", key, layout, channels, check)
 
     path = Path(source)
     _check_input_path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a named pipe or a device: it cannot seek, so read it as a stream
+            return _open_stream(open(path, "rb"), str(path), key, layout, channels, check)
         if path.suffix.lower() == ".npy":
             return _whole(_as_tensor(_load_npy_file(path)), str(path), layout, channels, {}, check)
         tensor, meta = _load_safetensors_file(path, key)
@@ -445,6 +439,19 @@ def open_latents(source: str | Path, key: str | None = None, layout: str | None 
     except IsADirectoryError:
         raise FlashdecodeError(f"input {path} is a directory; pass a .safetensors or .npy file") from None
     return _whole(tensor, str(path), layout, channels, meta, check)
+
+
+def _open_stream(fp, name: str, key, layout, channels, check) -> Latents:
+    """A stream (stdin, a named pipe): NPY arrays one after another, or one safetensors file, told by its first bytes."""
+    head = _read_upto(fp, npy_format.MAGIC_LEN)
+    if head[:6] == npy_format.MAGIC_PREFIX or not head:
+        return _stream(iter_npy_stream(fp, name, head), name, layout, channels, check)
+    head += fp.read(1)
+    if head[8:9] == b"{":  # safetensors: a u64 header length, then the JSON header
+        tensor, meta = _load_safetensors_stream(fp, head, key, name)
+        return _whole(tensor, name, layout, channels, meta, check)
+    raise FlashdecodeError(f"{name} is neither NPY arrays (numpy.save) nor a safetensors file "
+                           f"(it starts with {head[:9]!r})")
 
 
 def _stdin():

@@ -274,3 +274,23 @@ def test_memory_variable_junk_is_one_line(monkeypatch):
         monkeypatch.setenv("FLASHDECODE_AVAILABLE_MEMORY", junk)
         with pytest.raises(FlashdecodeError, match="FLASHDECODE_AVAILABLE_MEMORY=.* is not a size"):
             available_memory()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_named_pipe_is_read_as_a_stream(tmp_path, suffix):
+    """A FIFO (or a device) cannot seek: it is read like stdin, not stat-sized (that was an 'Illegal seek' traceback)."""
+    z = torch.randn(1, 16, 2, 4, 4)
+    fifo = tmp_path / f"z{suffix}"
+    os.mkfifo(fifo)
+    data = npy_bytes(z[0, :, :1].numpy(), z[0, :, 1:].numpy()) if suffix == ".npy" else save({"latents": z})
+    writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+    writer.start()
+    try:
+        lat = open_latents(fifo)
+        assert torch.equal(all_chunks(lat), z)
+    finally:
+        writer.join(timeout=10)
+    zeros = tmp_path / f"zeros{suffix}"
+    zeros.symlink_to("/dev/zero")
+    with pytest.raises(FlashdecodeError, match="is neither NPY arrays"):
+        open_latents(zeros)
