@@ -90,7 +90,8 @@ def evaluate(rows: list[dict], mp4: dict | None, raw: dict | None, res: str = "7
         model = summary.get("model", big)
         same = [r for r in ok if r["model"] == model and r["latent_frames"] == n and r["height"] == summary["height"]
                 and r["width"] == summary["width"] and r["dtype"] == summary.get("dtype")]
-        ref_rows = same or [r for r in pick(model, summary.get("dtype", "bfloat16"))]
+        clip_rows = pick(model, summary.get("dtype", "bfloat16"))
+        ref_rows = same or [r for r in clip_rows if not r.get("compiled")] or clip_rows  # decode's default: eager
         if not ref_rows:
             out.append(result(name, f">= {least}x", None, None, f"end to end {e2e:.1f} FPS; no decode-only row"))
             continue
