@@ -232,11 +232,12 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
         status, failure = "error", close_error
     if status == "ok" and display.latent_frames == 0:
         status, failure = "error", FlashdecodeError(f"{latents.name} held no latent frames; nothing was written")
-    if failure is not None and is_disk_error(failure):
-        failure = FlashdecodeError(f"cannot write {', '.join(outputs)}: {failure.strerror or failure} (disk full or "
-                                   "file-size limit); the file holds the frames written before that")
-    written = min(wr.frames_written for wr in writers)
+    written = min(wr.frames_written for wr in writers)  # after a full disk: what a reader finds in the file
     where = ", ".join(outputs)
+    if failure is not None and is_disk_error(failure):
+        kept = f"kept the {written} frames written before that" if written else "removed it (no complete frame)"
+        failure = FlashdecodeError(f"cannot write {where}: {failure.strerror or failure} (disk full or file-size "
+                                   f"limit); {kept}")
     stats = display.finish("decoded" if status == "ok" else f"{status} after",
                            f" -> {where}" if status == "ok" else f"; {where} holds {written} frames")
     H, W = decoder.pixel_size(h, w)
