@@ -41,6 +41,7 @@ DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfl
                "fp16": "float16", "float16": "float16", "fp8": "fp8"}
 COMPILE_MODES = {"auto": None, "on": True, "off": False}  # -> load_decoder(compile=...); None: its measured default
 OUTPUTS = ("mp4", "raw")  # end-to-end rows: decode_file into an .mp4 file, or raw rgb24 to /dev/null
+E2E_MAX_FILE_BYTES = 2e9  # the end-to-end run reads a latent file written first: bound its size on disk
 
 
 @dataclass
@@ -407,6 +408,10 @@ def run_end_to_end(case: Case, decoder, pool) -> dict:
     from .pipeline import decode_file
 
     n = case.latent_frames
+    file_bytes = n * pool[:, :, 0].numel() * pool.element_size()
+    if file_bytes > E2E_MAX_FILE_BYTES:
+        raise FlashdecodeError(f"the end-to-end input for {n} latent frames would be a {file_bytes / 1e9:.1f} GB "
+                               f"latent file (limit {E2E_MAX_FILE_BYTES / 1e9:.0f} GB); measure a shorter clip")
     with tempfile.TemporaryDirectory(prefix="flashdecode-bench-") as tmp:
         tmp = Path(tmp)
 
