@@ -478,7 +478,7 @@ def run_case_process(case: Case, timeout: float | None = None) -> dict:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return failed_row(case, error=f"timed out after {timeout:.0f} s")
+        return failed_row(case, error=f"timed out after {timeout:g} s (--timeout)")
     for line in proc.stdout.splitlines():
         if line.startswith(ROW_MARK):
             return json.loads(line[len(ROW_MARK):])

@@ -94,9 +94,9 @@ def test_bench_exits_2_when_every_case_failed(tmp_path):
                                       "--timeout", "0.01", "--json", str(out)])
     assert result.exit_code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: no case could be measured: all 1 failed or were skipped (first: timed out after 0 s)"]
+    assert errors == ["error: no case could be measured: all 1 failed or were skipped (first: timed out after 0.01 s (--timeout))"]
     assert "Traceback" not in result.output and "failed [1]" in result.stdout  # the table still says why
-    assert json.loads(out.read_text())["rows"][0]["error"] == "timed out after 0 s"
+    assert json.loads(out.read_text())["rows"][0]["error"] == "timed out after 0.01 s (--timeout)"
 
 
 @pytest.mark.parametrize("output", ["mp4", "raw"])
