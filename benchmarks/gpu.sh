@@ -123,7 +123,7 @@ bench lengths 120 --res "$LENGTH_RES" --model "$LENGTH_MODELS" --lengths "$LENGT
 if [ -z "${SKIP_TESTS:-}" ]; then
   step "CUDA tests"
   if "$PY" -c "import pytest" 2>/dev/null; then
-    limited 90 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests || echo "CUDA tests failed or timed out (exit $?)"
+    limited 90 "$PY" -m pytest -q -m cuda -p no:cacheprovider --continue-on-collection-errors tests || echo "CUDA tests failed or timed out (exit $?)"
   else
     echo "pytest is not installed: CUDA tests skipped"
   fi
