@@ -80,5 +80,8 @@ def test_from_checkpoint_and_encode_refuses(decoder, tmp_path):
     vae = FlashDecoderVAE.from_checkpoint(path)
     z = torch.randn(1, 16, 2, 4, 4)
     assert torch.equal(vae.decode(z, return_dict=False)[0], decoder.decode(z, raw=True))
+    vae.enable_tiling()  # AutoencoderKLWan's memory switches are accepted (memory is bounded anyway)
+    vae.enable_slicing()
+    assert torch.equal(vae.decode(z).sample, decoder.decode(z, raw=True))
     with pytest.raises(NotImplementedError, match="only decodes"):
         vae.encode(torch.zeros(1, 3, 5, 32, 32))

@@ -86,6 +86,20 @@ class FlashDecoderVAE(ModelMixin, ConfigMixin):
             d.model.backend = pick_backend("auto", p.device, p.dtype)
         return d
 
+    # AutoencoderKLWan's memory switches, so code written for it runs unchanged: decoding here is already one
+    # latent frame at a time with a fixed window, so there is nothing to tile or slice.
+    def enable_tiling(self, *args, **kwargs) -> None:
+        pass
+
+    def disable_tiling(self) -> None:
+        pass
+
+    def enable_slicing(self) -> None:
+        pass
+
+    def disable_slicing(self) -> None:
+        pass
+
     def encode(self, *args, **kwargs):
         raise NotImplementedError(
             "FlashDecoderVAE only decodes; encode with the latent space's own VAE (diffusers' AutoencoderKLWan), "
