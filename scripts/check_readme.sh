@@ -9,8 +9,7 @@
 #   options: --skip REGEX (skip matching commands, reported as skipped), --keep (keep the clone)
 #
 # A command passes when it exits 0, or, where the README shows it printing `error: ...`, when it prints an
-# `error:` line; a Python traceback fails it either way. In ```console blocks the commands are the `$ ` lines
-# (with their `\` continuation lines); the other lines are output. ```text blocks are not run.
+# `error:` line; a Python traceback fails it either way. Which lines are commands: scripts/readme_commands.py.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv="" skip="" keep=0 list=0
@@ -30,61 +29,7 @@ git clone -q "$repo" "$work/flashdecode"
 cd "$work/flashdecode"
 
 # The README's commands -> one bash script that runs them in order, logging each one's output and status.
-python3 - "$work" "$skip" "$list" <<'EOF'
-import re, shlex, sys
-work, skip, list_only = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-commands = []  # (command, expects_error)
-block, lines = None, []
-for line in open("README.md").read().splitlines() + [""]:
-    fence = re.match(r"^```(\w*)", line)
-    if fence and block is None:
-        block, lines = fence.group(1) or "plain", []
-        continue
-    if fence and block is not None:
-        if block == "bash":
-            cmd = ""
-            for l in lines:
-                cmd = cmd + "\n" + l if cmd else l
-                if not cmd.rstrip().endswith("\\"):
-                    if cmd.strip() and not cmd.lstrip().startswith("#"):
-                        commands.append([cmd, False])
-                    cmd = ""
-        elif block == "console":
-            cmd = None
-            for l in lines:
-                if cmd is not None and cmd.rstrip().endswith("\\"):
-                    cmd += "\n" + l
-                elif l.startswith("$ "):
-                    cmd = l[2:]
-                    commands.append([cmd, False])
-                    continue
-                elif commands and l.startswith("error:"):
-                    commands[-1][1] = True  # the README shows this command failing
-                    continue
-                else:
-                    continue
-                commands[-1][0] = cmd
-        block = None
-        continue
-    if block is not None:
-        lines.append(line)
-
-with open(f"{work}/commands.txt", "w") as f, open(f"{work}/run.sh", "w") as sh:
-    sh.write("__ps=(0)\n")
-    for i, (cmd, err) in enumerate(commands):
-        skipped = bool(skip) and re.search(skip, cmd) is not None
-        f.write(f"{i}\t{'error' if err else 'ok'}\t{'skip' if skipped else 'run'}\t{cmd!r}\n")
-        if list_only:
-            print(f"[{i}] {'(skipped) ' if skipped else ''}{'(shows an error) ' if err else ''}{cmd}")
-        if skipped:
-            continue
-        # Each command's output to its own log; then $? and PIPESTATUS are set back to the previous
-        # command's (replayed as a pipeline of its statuses), so `echo ${PIPESTATUS[0]}` works as written.
-        sh.write(f'exec >"{work}/log.{i}" 2>&1; echo "{i} start $(date +%s.%N)" >>"{work}/status"\n')
-        sh.write('__r=""; for __s in "${__ps[@]}"; do __r+="(exit $__s) | "; done; eval "${__r% | }"\n')
-        sh.write(cmd + "\n")
-        sh.write(f'__ps=("${{PIPESTATUS[@]}}"); echo "{i} end $(date +%s.%N) ${{__ps[-1]}}" >>"{work}/status"\n')
-EOF
+python3 scripts/readme_commands.py "$work" "$skip" "$list"
 [ "$list" = 1 ] && exit 0
 
 if [ -n "$venv" ]; then  # a venv of our own that sees the given one's packages; setup.sh then has nothing to fetch
