@@ -36,6 +36,7 @@ CHANNELS_TO_SPACE = {16: "wan2.1", 48: "wan2.2"}  # "demo" is also 48 channels: 
 # a stream's payload is allocated only as its bytes arrive: a 20-byte input that claims a petabyte costs
 # nothing and fails with one line.
 
+NPY_MAX_HEADER = 10000  # numpy's own default max_header_size
 READ_BLOCK = 64 << 20  # a stream's claimed payload is allocated at most this far ahead of the bytes that arrived
 SAFETENSORS_MAX_HEADER = 100 << 20  # the most safetensors itself accepts
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -108,13 +109,24 @@ def _check_claim(shape, itemsize: int, is_float: bool, what: str) -> int:
 
 
 def _read_npy_header(fp, version: tuple[int, int], what: str) -> tuple[tuple, bool, np.dtype]:
+    """(shape, fortran order, dtype) of the NPY header that follows the magic. Its length is checked before it
+    is read: numpy reads a header whole and only then checks its size, so a 12-byte input claiming a 4 GiB header
+    would cost 4 GiB."""
+    if version not in ((1, 0), (2, 0), (3, 0)):  # 3.0 only differs from 2.0 by allowing utf-8 in the header
+        raise FlashdecodeError(f"{what} has an unsupported NPY version {version[0]}.{version[1]}; write it with numpy.save")
+    length_bytes = _read_upto(fp, 2 if version == (1, 0) else 4)
+    n = int.from_bytes(length_bytes, "little")
+    if len(length_bytes) < (2 if version == (1, 0) else 4):
+        raise FlashdecodeError(f"{what} is truncated inside its NPY header")
+    if n > NPY_MAX_HEADER:
+        raise FlashdecodeError(f"{what} claims a {n}-byte NPY header (numpy.save writes about 128 bytes, and numpy "
+                               f"reads at most {NPY_MAX_HEADER}); it is corrupt")
+    header = io.BytesIO(length_bytes + bytes(_read_exact(fp, n, f"{what} NPY header")))
     try:
         if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(fp)
-        elif version in ((2, 0), (3, 0)):  # 3.0 only differs by allowing utf-8 in the header
-            shape, fortran, dtype = npy_format.read_array_header_2_0(fp)
+            shape, fortran, dtype = npy_format.read_array_header_1_0(header)
         else:
-            raise ValueError(f"unsupported NPY version {version}")
+            shape, fortran, dtype = npy_format.read_array_header_2_0(header)
     except Exception as e:  # numpy raises ValueError, SyntaxError, tokenize errors... for a mangled header
         raise FlashdecodeError(f"{what} has a corrupt NPY header ({e}); write it with numpy.save") from None
     if dtype.hasobject:

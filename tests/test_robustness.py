@@ -66,6 +66,23 @@ def npy_object() -> bytes:
     return buf.getvalue()
 
 
+class Pwn:
+    """A pickle that runs a shell command when unpickled: flashdecode must never unpickle it."""
+
+    def __reduce__(self):
+        return (os.system, ('touch "$ROBUSTNESS_PWNED"',))
+
+
+def evil_pth(zip_format: bool) -> bytes:
+    import pickle
+
+    if not zip_format:
+        return pickle.dumps({"state_dict": Pwn()}, protocol=2)
+    buf = io.BytesIO()
+    torch.save({"state_dict": Pwn()}, buf)
+    return buf.getvalue()
+
+
 def st(tensors: dict, metadata: dict | None = None) -> bytes:
     return st_save(tensors, metadata=metadata)
 
@@ -148,6 +165,14 @@ CASES = [
       error="truncated", left=GONE, how="capped"),
     C("decode-npy-overflowing-shape", [*DEC, "{tmp}/x.npy", *OUT, *TINY], files={"x.npy": npy_claim((1 << 62, 1 << 62, 16, 8, 8))},
       error="truncated", left=GONE, how="capped"),
+    C("decode-npy-header-claims-4GB", [*DEC, "{tmp}/x.npy", *OUT, *TINY],
+      files={"x.npy": b"\x93NUMPY\x02\x00" + struct.pack("<I", 0xFFFFFFF0) + b"{'descr': '<f4', 'shape': (2,)}"},
+      error="claims a 4294967280-byte NPY header", left=GONE, how="capped"),
+    C("decode-stdin-npy-header-claims-4GB", [*DEC, "-", *OUT, *TINY],
+      stdin=b"\x93NUMPY\x03\x00" + struct.pack("<I", 0xFFFFFFF0) + b"{'descr': '<f4', 'shape': (2,)}",
+      error="claims a 4294967280-byte NPY header", left=GONE, how="capped"),
+    C("decode-npy-unknown-version", [*DEC, "{tmp}/x.npy", *OUT, *TINY], files={"x.npy": b"\x93NUMPY\x09\x00" + b"\0" * 64},
+      error="version", left=GONE),
     C("decode-npy-trailing-bytes", [*DEC, "{tmp}/x.npy", *OUT, *TINY], files={"x.npy": npy(np.zeros((1, 16, 1, 8, 8), "f4")) + b"junk"},
       error="bytes after its array", left=GONE),
     C("decode-npy-corrupt-header", [*DEC, "{tmp}/x.npy", *OUT, *TINY], files={"x.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': <f4 }\n"},
@@ -300,6 +325,20 @@ CASES = [
       error="fake.mp4", left={"z.npy": "absent"}),
     C("encode-bad-teacher", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--teacher", "sd3"], error="sd3"),
     C("encode-vae-with-demo", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--vae", "{tmp}"], error="--vae"),
+    C("encode-teacher-weights-junk", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--teacher-weights", "{tmp}/t.safetensors"],
+      files={"t.safetensors": b"junk" * 8}, error="t.safetensors", left={"z.npy": "absent"}),
+    C("encode-teacher-weights-not-a-teacher", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--teacher-weights",
+                                               "{tmp}/t.safetensors"],
+      files={"t.safetensors": lambda: st({"mean": torch.zeros(5)})}, error="not a demo PCA teacher", left={"z.npy": "absent"}),
+    C("encode-teacher-weights-missing", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--teacher-weights", "{tmp}/t.safetensors"],
+      error="not found"),
+    C("encode-wan-teacher-without-vae", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--teacher", "wan2.1"], error="--vae"),
+    C("encode-vae-pickle-zip-never-run", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--teacher", "wan2.1", "--vae",
+                                          "{tmp}/vae.pth"], files={"vae.pth": lambda: evil_pth(True)},
+      env={"ROBUSTNESS_PWNED": "{tmp}/pwned"}, error="vae.pth", left={"pwned": "absent", "z.npy": "absent"}),
+    C("encode-vae-pickle-legacy-never-run", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--teacher", "wan2.2", "--vae",
+                                             "{tmp}/vae.pth"], files={"vae.pth": lambda: evil_pth(False)},
+      env={"ROBUSTNESS_PWNED": "{tmp}/pwned"}, error="vae.pth", left={"pwned": "absent", "z.npy": "absent"}),
     C("encode-env-memory-junk", ["encode", str(CLIP), "-o", "{tmp}/z.npy"], env={"FLASHDECODE_AVAILABLE_MEMORY": "-5G"},
       error="FLASHDECODE_AVAILABLE_MEMORY"),
     C("encode-stdout-closed-by-head", ["encode", str(CLIP), "-o", "-", "--size", "64x64"], code=141, error=None, how="head"),
@@ -318,6 +357,8 @@ CASES = [
       error="does not exist"),
     C("eval-empty-frame-range", ["eval", f"{CLIP}:0-3", "--weights", "random", "--model", "tiny", "--frames", "9",
                                  "--size", "32x32"], error="nothing to evaluate"),
+    C("eval-weights-junk", ["eval", str(CLIP), "--weights", "{tmp}/w.safetensors", "--size", "32x32", "--frames", "5"],
+      files={"w.safetensors": b"\xff" * 64}, error="w.safetensors"),
     C("eval-missing-video", ["eval", "{tmp}/none.mp4", "--weights", "random", "--model", "tiny", "--size", "32x32"],
       error="none.mp4"),
     C("eval-stdin-closed", ["eval", str(CLIP), "--weights", "random", "--model", "tiny", "--frames", "7"], error="4k\\+1",
@@ -348,11 +389,12 @@ CASES = [
 
 # -- running a row ---------------------------------------------------------------------------------------
 
-def _materialize(case: Case, tmp: Path) -> tuple[list[str], bytes | None]:
+def _materialize(case: Case, tmp: Path) -> tuple[list[str], bytes | None, dict]:
     for name, data in case.files.items():
         (tmp / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp / name).write_bytes(data() if callable(data) else data)
-    return [a.replace("{tmp}", str(tmp)) for a in case.argv], case.stdin
+    env = {k: v.replace("{tmp}", str(tmp)) for k, v in case.env.items()}
+    return [a.replace("{tmp}", str(tmp)) for a in case.argv], case.stdin, env
 
 
 def _invoke(argv, stdin, env) -> dict:
@@ -389,9 +431,9 @@ def capped_results(tmp_path_factory):
     for case in CASES:
         if case.how == "capped":
             tmp = tmp_path_factory.mktemp(case.id)
-            argv, stdin = _materialize(case, tmp)
+            argv, stdin, env = _materialize(case, tmp)
             rows.append({"id": case.id, "argv": argv, "stdin": stdin.hex() if stdin is not None else None,
-                         "env": case.env, "tmp": str(tmp)})
+                         "env": env, "tmp": str(tmp)})
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_robustness as t; t._capped_child()"
     proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(rows), capture_output=True, text=True,
                           timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -400,8 +442,8 @@ def capped_results(tmp_path_factory):
     return {r["id"]: (results[r["id"]], Path(r["tmp"])) for r in rows}
 
 
-def _run_process(case: Case, argv, tmp: Path) -> dict:
-    env = {**os.environ, **case.env, "PYTHONUNBUFFERED": "1"}
+def _run_process(case: Case, argv, case_env: dict) -> dict:
+    env = {**os.environ, **case_env, "PYTHONUNBUFFERED": "1"}
     script = Path(sys.executable).with_name("flashdecode")  # the console script users run (python -m if absent)
     cmd = [str(script) if script.exists() else sys.executable, *([] if script.exists() else ["-m", "flashdecode"]), *argv]
     if case.how == "process":  # stdin closed (`<&-`): the child starts with no fd 0 at all
@@ -464,8 +506,8 @@ def test_abuse(case: Case, tmp_path, request):
         assert res["maxrss"] < RSS_BOUND, f"peak RSS {res['maxrss'] / 2**30:.2f} GiB for a claimed size"
     else:
         tmp = tmp_path
-        argv, stdin = _materialize(case, tmp)
-        res = _invoke(argv, stdin, case.env) if case.how == "inproc" else _run_process(case, argv, tmp)
+        argv, stdin, env = _materialize(case, tmp)
+        res = _invoke(argv, stdin, env) if case.how == "inproc" else _run_process(case, argv, env)
     err = res["stderr"]
     assert "Traceback" not in err, err
     assert res["code"] == case.code, err
