@@ -158,6 +158,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     from .engine import load_decoder
     from .pipeline import RANDOM_WEIGHTS_NOTE, decode_file, resolve_device
     from .progress import DecodeProgress
+    from .signals import stop_status
 
     if decode_kw.get("stdout_format"):
         raise FlashdecodeError("--format applies to stdout (-o -); several inputs are decoded into a folder")
@@ -199,8 +200,8 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
                 summary = {**getattr(e, "summary", {}), "status": "error", "input": str(files[i]), "error": message}
                 print(f"failed: {message}", file=sys.stderr, flush=True)
             results.append({**summary, "index": i, "rank": rank})
-    except KeyboardInterrupt:
-        status = "interrupted"  # decode_file has flushed the file it was on; the summary says what is done
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: decode_file has flushed the file it was on
+        status = stop_status(e)[0]
         raise
     finally:
         stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", f" ({len(results)} file{'s' * (len(results) != 1)})")

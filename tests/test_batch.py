@@ -65,6 +65,28 @@ def test_a_bad_file_is_reported_and_the_others_written(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip0.mp4", "clip2.mp4"]
 
 
+def test_a_stop_keeps_what_is_done_and_says_so(tmp_path, monkeypatch):
+    import flashdecode.pipeline as pipeline
+    from flashdecode.signals import Interrupted
+
+    paths = make_inputs(tmp_path / "in", 3)
+    real, calls = pipeline.decode_file, []
+
+    def stopped_on_the_second(*args, **kwargs):  # SIGTERM arriving while the second file decodes
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise Interrupted(15)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode_file", stopped_on_the_second)
+    with pytest.raises(Interrupted):
+        decode_files([str(tmp_path / "in")], str(tmp_path / "out"), model="tiny", weights="random",
+                     json_path=tmp_path / "s.json")
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["status"] == "terminated" and [Path(f["input"]) for f in summary["files"]] == [paths[0]]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip0.mp4"] and len(calls) == 2
+
+
 def test_refused_before_decoding(tmp_path):
     paths = make_inputs(tmp_path / "in", 2)
     (tmp_path / "b").mkdir()
