@@ -271,8 +271,9 @@ CASES = [
     C("decode-png-single-file", [*DEC, str(CROP), "-o", "{tmp}/one.png", *TINY], error="single .png", left={"one.png": "absent"}),
     C("decode-file-size-limit", [*DEC, str(CROP), *OUT, *TINY, "--json", "{tmp}/s.json", "-q"], error="", code=2,
       left={"out.mp4": "absent", "s.json": "not ok"}, how="fsize",
-      marks=(pytest.mark.xfail(strict=True, reason="owner: B (writer): a write failing with EFBIG leaves a truncated "
-                                                    "MP4 under the final name, exit 0, --json status ok"),)),
+      marks=(pytest.mark.xfail(strict=True, reason="owner: B (writer): when the write that fails (EFBIG) is the "
+                                                    "final flush at close (a short video), it goes unnoticed: exit 0, a "
+                                                    "truncated MP4 under the final name, --json status ok"),)),
     C("decode-crf-negative", [*DEC, str(CROP), *OUT, *TINY, "--crf", "-5"], error="crf", left=GONE,
       marks=(pytest.mark.xfail(strict=True, reason="owner: B (writer): --crf -5 reaches avcodec_open2, an OverflowError "
                                                     "traceback after the first frame"),)),
