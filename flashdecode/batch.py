@@ -134,15 +134,15 @@ def gather(results: list[dict], world: int) -> list[dict]:
 
 # -- the run ----------------------------------------------------------------------------------------------
 
-def _peek(path: Path, latent_space: str, weights, key, layout) -> tuple[str, int]:
-    """(latent space, latent frames) of one file, as decode_file will resolve them."""
+def _latent_space_of(path: Path, latent_space: str, weights, key, layout) -> str:
+    """The latent space of one file, as decode_file will resolve it (to pick or load its decoder)."""
     from .checkpoint import read_metadata
     from .latents_io import open_latents
     from .pipeline import resolve_latent_space
 
     weights_meta = read_metadata(weights) if weights not in (None, "random") else {}
     latents = open_latents(path, key=key, layout=layout, check=False)
-    return resolve_latent_space(latent_space, latents, weights_meta), latents.shape[2]
+    return resolve_latent_space(latent_space, latents, weights_meta)
 
 
 def decode_files(inputs: list[str], output: str | None = None, *, model=None, weights=None, latent_space="auto",
@@ -177,7 +177,8 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     results, start, status = [], time.perf_counter(), "ok"
     try:
         for n, i in enumerate(mine):
-            display.label = f"decode [{n + 1}/{len(mine)}{f' on rank 0 of {world}' if world > 1 else ''}] {files[i].name}"
+            where = f" on rank 0 of {world}" if world > 1 else ""
+            display.label = f"decode [{n + 1}/{len(mine)}{where}] {files[i].name}"
             seen = [0, 0]
 
             def progress(latent_frames, pixel_frames):
@@ -185,7 +186,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
                 seen[:] = latent_frames, pixel_frames
 
             try:
-                space, _ = _peek(files[i], latent_space, weights, key, layout)
+                space = _latent_space_of(files[i], latent_space, weights, key, layout)
                 if space not in decoders:
                     variant = model or ("s" if weights == "random" else None)
                     load_kw = {"compile": compile} if compile is not None else {}
@@ -204,7 +205,8 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
         status = stop_status(e)[0]
         raise
     finally:
-        stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", f" ({len(results)} file{'s' * (len(results) != 1)})")
+        done = f" ({len(results)} file{'s' * (len(results) != 1)})"
+        stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", done)
         if status != "ok" and rank == 0:  # no gather: the other ranks are being stopped too
             _write_summary(json_path, _summary(results, files, world, time.perf_counter() - start, status))
     everything = gather(results, world)
