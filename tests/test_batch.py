@@ -41,7 +41,8 @@ def frames_in(path: Path) -> int:
 
 def test_folder_glob_and_files(tmp_path):
     paths = make_inputs(tmp_path / "in", 3)
-    assert not is_many([str(paths[0])]) and is_many([str(tmp_path / "in")]) and is_many([str(tmp_path / "in" / "*.npy")])
+    assert not is_many([str(paths[0])]) and not is_many(["-"])
+    assert is_many([str(tmp_path / "in")]) and is_many([str(tmp_path / "in" / "*.npy")]) and is_many(["a", "b"])
     assert expand_inputs([str(tmp_path / "in"), str(paths[1])]) == sorted(paths)  # folder sorted, duplicate once
     assert expand_inputs([str(tmp_path / "in" / "*.safetensors")]) == [paths[0], paths[2]]
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")  # diffusers exposes WanPipeline only with transformers installed
-from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel  # noqa: E402
+from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline,  # noqa: E402
+                       WanTransformer3DModel)
 
 import flashdecode  # noqa: E402
 from flashdecode.integrations.diffusers import FlashDecoderVAE  # noqa: E402
