@@ -547,17 +547,20 @@ def machine_info(rows: list[dict]) -> dict:
 
     from . import __version__
 
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-        diffusers = version("diffusers")
-    except Exception:
-        diffusers = None
+    def installed(package: str) -> str | None:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return None
+
     names = sorted({r["device_name"] for r in rows if r.get("device_name") and r.get("device") == "cuda"})
     return dict(cpu=cpu_model(), cores=os.cpu_count(), torch_threads=next((r["threads"] for r in rows if "threads" in r), None),
                 torch=torch.__version__, cuda=torch.version.cuda, device_name=", ".join(names) or cpu_model(),
                 python=platform.python_version(), os=f"{platform.system()} {platform.release()}",
-                flashdecode=__version__, diffusers=diffusers, malloc_mmap_threshold=CHILD_ENV["MALLOC_MMAP_THRESHOLD_"])
+                flashdecode=__version__, diffusers=installed("diffusers"), av=installed("av"),
+                malloc_mmap_threshold=CHILD_ENV["MALLOC_MMAP_THRESHOLD_"])
 
 
 def write_json(path: Path, rows: list[dict]) -> None:
