@@ -5,9 +5,9 @@
 #   1. the card and the software (nvidia-smi.txt, gpu.log),
 #   2. PyAV and diffusers from the wheels in wheels/ (benchmarks/prepare_gpu_run.sh fetches them), installed
 #      into a folder on PYTHONPATH; flashdecode runs from this source tree,
-#   3. bench_bf16.json: S and XL at 720p, 25-frame clips, bf16 eager and compiled, beside the Wan2.2 conv
+#   3. bench_bf16.json: XL and S at 720p, 25-frame clips, bf16 eager and compiled, beside the Wan2.2 conv
 #      decoder, each FlashDecoder row also end to end into an MP4 file (e2e_fps),
-#   4. bench_fp8.json: the same for fp8 (compile: load_decoder's default),
+#   4. bench_fp8.json: the same for fp8, eager and compiled,
 #   5. decode_mp4.json / decode_raw.json: the user's commands end to end on a 720p file of 60 latent frames:
 #      `decode -o out.mp4 --model xl` (default settings, random weights) and `decode -o - --format raw >/dev/null`,
 #   6. bench_lengths.json: XL at 720p for 10/60/500 latent frames (peak memory against length; the 60-frame
@@ -29,12 +29,12 @@ mkdir -p "$RESULTS" && RESULTS=$(cd "$RESULTS" && pwd)
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 RES=${RES:-720p}
-MODELS=${MODELS:-s,xl}
+MODELS=${MODELS:-xl,s}             # XL first: most targets are XL's, and a step cut short keeps the first
 FRAMES=${FRAMES:-25}
 DTYPE=${DTYPE:-bf16}                # the main and the lengths steps
 COMPILES=${COMPILES:-off,on}
 FP8=${FP8:-fp8}                   # the fp8 step's --dtype
-FP8_COMPILE=${FP8_COMPILE:-auto}
+FP8_COMPILE=${FP8_COMPILE:-off,on}
 OUTPUT=${OUTPUT:-mp4}
 BASELINE=${BASELINE:-wan2.2}
 E2E_MODEL=${E2E_MODEL:-xl}
@@ -102,7 +102,7 @@ bench() {  # bench NAME TIMEOUT_S ARGS...: one `flashdecode bench` invocation, J
 
 bench bf16 200 --res "$RES" --model "$MODELS" --baseline "$BASELINE" --frames "$FRAMES" --dtype "$DTYPE" \
   --compile "$COMPILES" --output "$OUTPUT" --warmup 1 --repeat 3 --budget-s 10 --timeout 120
-bench fp8 110 --res "$RES" --model "$MODELS" --frames "$FRAMES" --dtype "$FP8" --compile "$FP8_COMPILE" \
+bench fp8 150 --res "$RES" --model "$MODELS" --frames "$FRAMES" --dtype "$FP8" --compile "$FP8_COMPILE" \
   --output "$OUTPUT" --warmup 1 --repeat 3 --budget-s 10 --timeout 100
 
 decode() {  # decode NAME ARGS...: the CLI end to end on the latent file, its --json summary into RESULTS
@@ -131,7 +131,7 @@ fi
 
 step "targets (issue 9)"
 timeout 60 "$PY" benchmarks/targets.py "$RESULTS" --res "$RES" --frames "$FRAMES" --big "$E2E_MODEL" \
-  --small "${MODELS%%,*}" --json "$RESULTS/targets.json" \
+  --small "${MODELS##*,}" --json "$RESULTS/targets.json" \
   | tee "$RESULTS/targets.txt"
 
 step "done"
