@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 KR, KB = 0.2126, 0.0722  # BT.709 luma weights of red and blue
 KG = 1 - KR - KB
@@ -33,19 +34,26 @@ def to_rgb24(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def to_i420(pixels: torch.Tensor) -> torch.Tensor:
-    """[B,3,k,H,W] (H, W even) -> uint8 [B,k,H*W*3/2]: BT.709 limited-range Y, then 2x2-averaged U and V."""
+    """[B,3,k,H,W] (H, W even) -> uint8 [B,k,H*W*3/2]: BT.709 limited-range Y, then 2x2-averaged U and V.
+
+    Few passes over the full-size planes (clamp, one weighted sum, one store): the chroma is computed on
+    the 2x2 averages, a quarter of the pixels. Values are offset by 0.5 so the uint8 store's truncation rounds.
+    """
     B, _, k, H, W = pixels.shape
     if H % 2 or W % 2:
         raise ValueError(f"YUV 4:2:0 needs an even frame size, got {W}x{H}")
-    x = _unit(pixels)
-    r, g, b = x.unbind(1)
-    y = (KR * r + KG * g + KB * b).mul_(219).add_(16)
-    r2, g2, b2 = x.view(B, 3, k, H // 2, 2, W // 2, 2).mean((4, 6)).unbind(1)  # chroma siting: the block centre
-    y2 = KR * r2 + KG * g2 + KB * b2
-    u = (b2 - y2).mul_(224 / (2 * (1 - KB))).add_(128)
-    v = (r2 - y2).mul_(224 / (2 * (1 - KR))).add_(128)
-    planes = torch.cat([y.flatten(-2), u.flatten(-2), v.flatten(-2)], dim=-1)
-    return planes.round_().clamp_(0, 255).to(torch.uint8)
+    x = pixels.float().clamp(-1, 1)  # [-1, 1]: Y = 16 + 219 (Kr R + Kg G + Kb B) with R = (r + 1) / 2
+    out = torch.empty(B, k, H * W * 3 // 2, dtype=torch.uint8, device=pixels.device)
+    luma = torch.tensor([KR, KG, KB], device=x.device) * (219 / 2)
+    out[..., :H * W].view(B, k, H, W).copy_(torch.einsum("bckhw,c->bkhw", x, luma).add_(16 + 219 / 2 + 0.5))
+    r2, g2, b2 = F.avg_pool2d(x.view(B * 3, k, H, W), 2).view(B, 3, k, H // 2, W // 2).unbind(1)
+    y2 = KR * r2 + KG * g2 + KB * b2  # chroma siting: the block centre
+    q = H * W // 4
+    u = (b2 - y2).mul_(224 / 2 / (2 * (1 - KB))).add_(128.5)
+    v = (r2 - y2).mul_(224 / 2 / (2 * (1 - KR))).add_(128.5)
+    out[..., H * W:H * W + q].view(B, k, H // 2, W // 2).copy_(u.clamp_(0, 255))
+    out[..., H * W + q:].view(B, k, H // 2, W // 2).copy_(v.clamp_(0, 255))
+    return out
 
 
 def convert(pixels: torch.Tensor, fmt: str) -> torch.Tensor:
