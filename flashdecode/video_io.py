@@ -329,6 +329,7 @@ class VideoWriter:
                                        f"{pattern} ({stale[0].name}, ...); pass --overwrite (-y) to replace them, "
                                        "or pick an empty folder")
             self._make_folder(folder)
+            self._png = (folder, pattern)
             for p in stale:  # --overwrite: the old run's frames go, so the folder holds this run's only
                 p.unlink()
             return _AVSink(str(folder / pattern), "image2", "png", fps, None, {"start_number": "0"})
@@ -428,6 +429,9 @@ class VideoWriter:
                 self._error = e
         if is_disk_error(self._error) and self.kind in ("container", "y4m"):
             self._salvage(Path(self.output))
+        if is_disk_error(self._error) and self.kind == "png":  # the frame being written is cut short: drop it
+            folder, pattern = self._png
+            (folder / (pattern % self.frames_written)).unlink(missing_ok=True)
         if self.frames_written == 0:
             self._remove_created()
         self._raise_pending()

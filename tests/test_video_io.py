@@ -358,3 +358,18 @@ def test_codec_preset_fps_checks(tmp_path):
     with VideoWriter(str(tmp_path / "v.mp4"), preset="ultrafast") as w:
         w.write(frames(2))
     assert count_video_frames(tmp_path / "v.mp4") == 2
+
+
+def test_file_size_limit_png_sequence_keeps_whole_frames(tmp_path):
+    """The limit is per file: 12 flat frames fit, the first noise frame does not and is not left half-written."""
+    script = FSIZE_WRITER.replace("np.random.default_rng(i).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)",
+                                  "np.full((4, 64, 64, 3), 7 * i, np.uint8) if i < 3 else "
+                                  "np.random.default_rng(i).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)")
+    out = tmp_path / "seq"
+    r = subprocess.run([sys.executable, "-c", script, str(out), "9000"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["27", "12"]  # EFBIG after 12 frames
+    pngs = sorted(out.iterdir())
+    assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(12)]
+    for p in pngs:  # every file left is a whole frame
+        assert read_back(str(p)).shape == (1, 64, 64, 3)
