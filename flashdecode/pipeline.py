@@ -13,7 +13,6 @@ function plus option parsing.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -112,11 +111,6 @@ def output_names(output: str, items: list[int]) -> list[str]:
     return [output] if len(items) == 1 else [batch_output_name(output, i) for i in items]
 
 
-def _stream_kwargs(decoder) -> dict:
-    """native=True where the decoder offers it: the model's own output, converted once, on its device."""
-    return {"native": True} if "native" in inspect.signature(decoder.stream).parameters else {}
-
-
 # -- the run ----------------------------------------------------------------------------------------------
 
 def decode_file(input, output=None, *, model=None, weights=None, latent_space="auto", layout=None, key=None,
@@ -206,7 +200,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     display = DecodeProgress(decoder.device, total_latent_frames=T, quiet=quiet)
     status, failure = "stopped", None
     try:
-        for pixels in decoder.stream(chunks, raw=raw, **_stream_kwargs(decoder)):
+        for pixels in decoder.stream(chunks, raw=raw, native=True):  # the model's own output, converted once
             nb, _, k, H, W = pixels.shape
             host, ready, done = copies.to_host(convert(pixels, fmt), readers=len(writers))  # uint8 [B,k,...]
             for writer, item in zip(writers, host):

@@ -4,16 +4,19 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
 
-from flashdecode.errors import FlashdecodeError
 from flashdecode.convert import HostCopies, rgb24_to_i420, to_i420, to_rgb24
 from flashdecode.video_io import (VideoWriter, batch_output_name, complete_fragments_size, count_video_frames,
                                   output_kind, png_frames, to_uint8_frames)
+from flashdecode.errors import FlashdecodeError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def frames(k, h=32, w=48, seed=0):
@@ -196,22 +199,18 @@ def ffmpeg_rgb(path, h, w) -> np.ndarray:
     return np.frombuffer(out, np.uint8).reshape(-1, h, w, 3)
 
 
-def test_yuv_route_matches_float_output_in_pyav_and_ffmpeg(tmp_path):
-    """The device-converted YUV video decodes as close to the float frames as ffmpeg's own BT.709 conversion
-    (swscale from rgb24) does at the same settings, in PyAV and in a real ffmpeg: no colour shift."""
+def swscale_bt709_mp4(pixels: torch.Tensor, path, fps) -> None:
+    """The reference route: float -> rgb24 -> ffmpeg's swscale to BT.709 yuv420p -> the writer's x264 settings."""
     from av.video.reformatter import ColorRange, Colorspace
 
-    px = smooth_video()
-    k, h, w = px.shape[2:]
-    with VideoWriter(str(tmp_path / "yuv.mp4"), fps=16) as wr:
-        assert wr.input_format == "yuv420p"
-        wr.write(to_i420(px)[0].view(k, h * 3 // 2, w).numpy(), "yuv420p")
-    with av.open(str(tmp_path / "sws.mp4"), "w") as c:  # the reference: swscale rgb24 -> BT.709 yuv420p
-        s = c.add_stream("libx264", rate=16, options={"crf": "18", "preset": "veryfast"})
+    k, h, w = pixels.shape[2:]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
         s.pix_fmt, s.width, s.height = "yuv420p", w, h
         ctx = s.codec_context
         ctx.colorspace = ctx.color_primaries = ctx.color_trc = ctx.color_range = 1
-        for f in to_rgb24(px)[0].numpy():
+        ctx.gop_size = fps
+        for f in to_rgb24(pixels)[0].numpy():
             yuv = av.VideoFrame.from_ndarray(f, format="rgb24").reformat(
                 format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG)
             yuv.colorspace, yuv.color_range = 1, 1
@@ -219,6 +218,17 @@ def test_yuv_route_matches_float_output_in_pyav_and_ffmpeg(tmp_path):
                 c.mux(p)
         for p in s.encode():
             c.mux(p)
+
+
+def test_yuv_route_matches_float_output_in_pyav_and_ffmpeg(tmp_path):
+    """The device-converted YUV video decodes as close to the float frames as ffmpeg's own BT.709 conversion
+    (swscale from rgb24) does at the same settings, in PyAV and in a real ffmpeg: no colour shift."""
+    px = smooth_video()
+    k, h, w = px.shape[2:]
+    with VideoWriter(str(tmp_path / "yuv.mp4"), fps=16) as wr:
+        assert wr.input_format == "yuv420p"
+        wr.write(to_i420(px)[0].view(k, h * 3 // 2, w).numpy(), "yuv420p")
+    swscale_bt709_mp4(px, tmp_path / "sws.mp4", fps=16)  # the reference
     with av.open(str(tmp_path / "yuv.mp4")) as c:
         ctx = c.streams.video[0].codec_context
         assert (ctx.colorspace, ctx.color_primaries, ctx.color_trc, ctx.color_range) == (1, 1, 1, 1)  # bt709, tv
@@ -373,3 +383,26 @@ def test_file_size_limit_png_sequence_keeps_whole_frames(tmp_path):
     assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(12)]
     for p in pngs:  # every file left is a whole frame
         assert read_back(str(p)).shape == (1, 64, 64, 3)
+
+
+def test_decode_file_yuv_mp4_matches_float_output_on_real_content(tmp_path):
+    """Acceptance (issue 9): the bundled demo decoder on the bundled sample (real content, trained weights),
+    through decode_file's YUV route into an MP4, read back by PyAV and a real ffmpeg, is within 0.5 dB of the
+    same float frames through ffmpeg's own BT.709 conversion at the same encoder settings."""
+    import flashdecode
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(REPO / "samples" / "cockatoo_256x256_41f.safetensors"), "pt") as f:
+        z, meta = f.get_tensor("latents")[:, :, :3].contiguous(), f.metadata()
+    save_file({"latents": z}, str(tmp_path / "z.safetensors"), metadata=meta)
+    decoder = flashdecode.load_decoder(None, "demo", device="cpu")  # weights/demo-xs.safetensors
+    px = decoder.decode(z)  # float32 [1,3,9,256,256]: the reference
+    summary = flashdecode.decode_file(tmp_path / "z.safetensors", tmp_path / "v.mp4", decoder=decoder)
+    k, h, w = px.shape[2:]
+    assert (summary["frames"], summary["fps"]) == (k, 20.0)
+    sws = tmp_path / "sws.mp4"
+    swscale_bt709_mp4(px, sws, fps=20)
+    reference = psnr(read_back(str(sws)), px)
+    for decoded in (read_back(str(tmp_path / "v.mp4")), ffmpeg_rgb(tmp_path / "v.mp4", h, w)):
+        assert psnr(decoded, px) >= reference - 0.5 and reference > 25, (psnr(decoded, px), reference)
