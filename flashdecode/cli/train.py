@@ -39,18 +39,21 @@ def train(
     batch: int = typer.Option(2, help="Clips per step per process."),
     steps: int = typer.Option(1000),
     minutes: Optional[float] = typer.Option(None, help="Stop after this much wall time."),
-    lr: float = typer.Option(3e-4),
-    warmup: int = typer.Option(100),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: 1e-4 x 256/width, e.g. 1e-4 for xs, 5e-5 for s)."),
+    warmup: Optional[int] = typer.Option(None, help="Warm-up steps (default: 50 per clip of the global batch, at least 100)."),
+    passthrough_lr: Optional[float] = typer.Option(None, help="Learning-rate factor of embed/time_up/head (default: 0.1 with --init teacher, else 1)."),
     weight_decay: float = typer.Option(0.01),
     ema: float = typer.Option(0.999, help="EMA decay of the saved weights."),
-    pixel_loss: str = typer.Option("l1", help="Pixel term: l1, or mse (aims at PSNR)."),
-    ssim_weight: float = typer.Option(0.2, help="Weight of the (1 - SSIM) term beside the pixel term."),
+    pixel_loss: Optional[str] = typer.Option(None, help="Pixel term: l1, or mse (aims at PSNR). Default: mse with --init teacher, else l1."),
+    ssim_weight: Optional[float] = typer.Option(None, help="Weight of the (1 - SSIM of luma) term. Default: 0.05 with --init teacher, else 0.2."),
     eval_every: int = typer.Option(200, help="Evaluate the EMA weights and save a checkpoint every N steps."),
     log_every: int = typer.Option(10, help="Log loss, PSNR and speed every N steps."),
     holdout: list[str] = typer.Option([], help="Video paths or 'path:start-end' ranges kept out of training (and evaluated)."),
     eval_data: list[str] = typer.Option([], help="Evaluation clips (default: the holdout)."),
     eval_frames: int = typer.Option(25, help="Frames of each evaluation clip (4k+1)."),
-    grad_checkpoint: bool = typer.Option(True, help="Recompute attention/MLP activations in backward."),
+    grad_checkpoint: Optional[bool] = typer.Option(None, help="Recompute attention/MLP activations in backward (default: only for large steps)."),
+    precision: str = typer.Option("auto", help="auto (bf16 autocast on CUDA and on CPUs with AMX), bf16 or fp32."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the unrolled clip (minutes of warm-up; pays on GPUs, not CPUs)."),
     init: str = typer.Option("random", help="random, or teacher: start from a linear teacher's exact inverse (demo)."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its train_state.pt."),
     seed: int = typer.Option(0),
@@ -61,9 +64,11 @@ def train(
 
     cfg = TrainConfig(data=list(data), out=str(out), teacher=teacher, vae=vae, model=model, size=parse_size(size),
                       frames=frames, clips=clips, batch=batch, steps=steps, minutes=minutes, lr=lr, warmup=warmup,
-                      weight_decay=weight_decay, ema=ema, pixel_loss=pixel_loss, ssim_weight=ssim_weight, eval_every=eval_every, log_every=log_every,
+                      passthrough_lr=passthrough_lr, weight_decay=weight_decay, ema=ema, pixel_loss=pixel_loss,
+                      ssim_weight=ssim_weight, eval_every=eval_every, log_every=log_every,
                       holdout=list(holdout), eval_data=list(eval_data), eval_frames=eval_frames,
-                      grad_checkpoint=grad_checkpoint, init=init, resume=resume, seed=seed, device=device)
+                      grad_checkpoint=grad_checkpoint, precision=precision, compile=compile, init=init, resume=resume,
+                      seed=seed, device=device)
     run(cfg)
 
 

@@ -32,11 +32,15 @@ class LatentCache(torch.utils.data.Dataset):
     clips: a map-style dataset of pixel clips with .fingerprint() (e.g. VideoClips with a fixed seed), or pass
     `data_key` naming its content. Shards are made on first use, or all at once with build() (on the
     teacher's device, in batches of `batch_size`). With store_pixels=False the pixels come from `clips` again.
+    With uint8_pixels=True stored pixels come back as they are stored (uint8 0..255, a quarter of the bytes to
+    move): the training loop converts them where it trains (video_io.from_uint8).
     """
 
     def __init__(self, clips, teacher, root="runs/latent-cache", shard_size: int = 64, store_pixels: bool = True,
-                 batch_size: int = 8, data_key: str | None = None, console=None):
+                 batch_size: int = 8, data_key: str | None = None, console=None, uint8_pixels: bool = False):
         self.clips, self.teacher, self.console = clips, teacher, console
+        self.uint8_pixels = uint8_pixels
+        self._open: dict[int, object] = {}  # shard -> safe_open handle (memory-mapped; opened once per process)
         self.shard_size, self.store_pixels, self.batch_size = shard_size, store_pixels, batch_size
         sample_shape = getattr(clips, "frames", None), getattr(clips, "size", None)
         self.fingerprint = {
@@ -107,13 +111,19 @@ class LatentCache(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(i)
         k, j = divmod(i, self.shard_size)
-        path = self.shard_path(k)
-        if not path.is_file():
-            self._encode_shard(k)
-        with safe_open(str(path), framework="pt") as f:  # memory-mapped: reads only row j
-            latents = f.get_slice("latents")[j:j + 1][0]
-            pixels = from_uint8(f.get_slice("pixels")[j:j + 1][0]) if self.store_pixels else self.clips[i]
-        return pixels, latents
+        if k not in self._open:
+            if not self.shard_path(k).is_file():
+                self._encode_shard(k)
+            self._open[k] = safe_open(str(self.shard_path(k)), framework="pt")  # memory-mapped: reads only row j
+        f = self._open[k]
+        latents = f.get_slice("latents")[j:j + 1][0]
+        if not self.store_pixels:
+            return self.clips[i], latents
+        pixels = f.get_slice("pixels")[j:j + 1][0]
+        return (pixels if self.uint8_pixels else from_uint8(pixels)), latents
+
+    def __getstate__(self):  # DataLoader workers open their own handles
+        return {**self.__dict__, "_open": {}}
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

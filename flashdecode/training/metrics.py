@@ -57,16 +57,21 @@ def _band(g: torch.Tensor, n: int) -> torch.Tensor:
 def ssim_per_image(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM of each image [N, 1, H, W] in [0, 1] over the valid (unpadded) region -> [N].
 
-    Differentiable, in x's dtype and device: usable as a training loss (1 - ssim).
+    Differentiable, in x's dtype and device: usable as a training loss (1 - ssim). Never under autocast: the
+    variances E[x^2] - E[x]^2 cancel catastrophically in bf16 (a noisy loss that made bf16 training worse).
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _ssim_map(x, y, window, sigma).flatten(1).mean(1)
+
+
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
     g = _gaussian_window(window, sigma).to(device=x.device, dtype=x.dtype)
     bh, bw = _band(g, x.shape[-2]), _band(g, x.shape[-1])
     blur = lambda z: bh.T @ z @ bw  # noqa: E731  separable gaussian, valid region; matmuls beat conv2d ~15x on CPU
     c1, c2 = 0.01**2, 0.03**2
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    ssim_map = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return ssim_map.flatten(1).mean(1)
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
 __all__ = ["psnr", "ssim", "ssim_per_image"]

@@ -2,8 +2,16 @@
 
 Data flows one way: videos -> random clips -> teacher encoder (once, cached as safetensors shards) ->
 (pixels, latents) batches -> the streaming path unrolled over each clip (no masks, as at inference) ->
-L1 + (1 - SSIM) loss. AdamW with warm-up and cosine decay, gradient clipping, EMA weights, periodic
-evaluation and checkpoints, --resume. Under `torchrun --nproc-per-node N` the same code trains with DDP.
+L1 + (1 - SSIM of luma) loss. AdamW (fused) with warm-up and cosine decay, gradient clipping, EMA weights,
+periodic evaluation and checkpoints, --resume. Under `torchrun --nproc-per-node N` the same code trains with DDP.
+
+Never worse than where it starts: the EMA weights are evaluated before the first step, and decoder.safetensors
+only ever holds the best EMA evaluation so far (the start included). From `--init teacher` the parts that carry
+the teacher's exact inverse (embed, time_up, head) learn at a tenth of the rate of the blocks, so the residual
+blocks learn what a linear decoder cannot without the carried signal being shaken loose.
+
+The step keeps the host out of the way: pixels move as uint8 and are converted on the device, loss and PSNR are
+summed on the device and read once per log line, the optimizer is fused, the EMA is one foreach lerp.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +33,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..checkpoint import save_checkpoint
 from ..engine import Decoder, build_model
 from ..errors import FlashdecodeError
-from ..model import ModelConfig
+from ..model import ModelConfig, flops_per_clip
+from ..video_io import from_uint8
 from .metrics import ssim_per_image
 
 
@@ -41,19 +51,22 @@ class TrainConfig:
     batch: int = 2  # per process
     steps: int = 1000
     minutes: float | None = None  # stop earlier when this much wall time has passed
-    lr: float = 3e-4
-    warmup: int = 100
+    lr: float | None = None  # None: 1e-4 x 256/width (wider models take smaller Adam steps)
+    warmup: int | None = None  # None: 50 steps per clip of the global batch, at least 100
+    passthrough_lr: float | None = None  # lr factor of embed/time_up/head; None: 0.1 from --init teacher, else 1
     weight_decay: float = 0.01
     ema: float = 0.999
     grad_clip: float = 1.0
-    pixel_loss: str = "l1"  # l1 | mse (mse targets PSNR directly)
-    ssim_weight: float = 0.2
+    pixel_loss: str | None = None  # l1 | mse (mse targets PSNR directly); None: mse from --init teacher, else l1
+    ssim_weight: float | None = None  # None: 0.05 from --init teacher, else 0.2
     eval_every: int = 200
     log_every: int = 10
     holdout: list[str] = field(default_factory=list)  # "file" or "file:start-end" kept out of training
     eval_data: list[str] = field(default_factory=list)  # clips for periodic eval (default: the holdout)
     eval_frames: int = 25
-    grad_checkpoint: bool = True
+    grad_checkpoint: bool | None = None  # None: only when the step's activations are large (see needs_checkpointing)
+    precision: str = "auto"  # auto | bf16 | fp32: bf16 autocast on CUDA, and on CPUs with AMX bf16 tiles
+    compile: bool = False  # torch.compile the unrolled clip + loss (static shapes): pays on GPUs, not on CPUs
     init: str = "random"  # random | teacher (a linear teacher's exact inverse, see linear_init.py)
     resume: bool = False
     seed: int = 0
@@ -72,28 +85,72 @@ def setup_distributed(device: str | None) -> tuple[int, int, torch.device]:
     return rank, dist.get_world_size(), torch.device(f"cuda:{torch.cuda.current_device()}" if use_cuda else "cpu")
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
+def default_lr(c: ModelConfig) -> float:
+    """1e-4 for xs (width 256), scaled as 1/width: Adam moves every weight by ~lr a step, and a wider layer
+    sums more of those moves into each output."""
+    return 1e-4 * 256 / c.dim
+
+
+def default_warmup(global_batch: int) -> int:
+    """Longer warm-up for larger batches (they are run at the same peak rate with cleaner, larger updates)."""
+    return max(100, 50 * global_batch)
+
+
+def lr_factor(step: int, warmup: int, steps: int) -> float:
     """Linear warm-up, then cosine decay to 10%."""
-    if step < cfg.warmup:
-        return (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+LUMA = (0.2126, 0.7152, 0.0722)  # BT.709
+
+
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: float, pixel: str = "l1") -> torch.Tensor:
-    """L1 (or MSE) plus a structural term; both on [B, 3, T, H, W] in [-1, 1]."""
+    """L1 (or MSE) on [B, 3, T, H, W] in [-1, 1], plus (1 - SSIM) of the luma (a third of the cost of SSIM per
+    channel, where most of the structure is)."""
     l1 = F.l1_loss(pred, target) if pixel == "l1" else F.mse_loss(pred, target)
     if not ssim_weight:
         return l1
-    frames = lambda x: ((x.float().clamp(-1, 1) + 1) / 2).transpose(1, 2).flatten(0, 2)[:, None]  # noqa: E731
+    luma = pred.new_tensor(LUMA).view(1, 3, 1, 1, 1) / 2
+    frames = lambda x: ((x.float().clamp(-1, 1) * luma).sum(1) + 0.5).flatten(0, 1)[:, None]  # noqa: E731  [B*T, 1, H, W] in [0, 1]
     return l1 + ssim_weight * (1 - ssim_per_image(frames(pred), frames(target)).mean())
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """Decay matrices only; norms and biases are left alone."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    rest = [p for p in model.parameters() if p.ndim < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, passthrough_lr: float):
+    """Blocks at `lr`; embed, time_up and head (the pass-through path of a teacher init) at lr x passthrough_lr.
+    Decay matrices only (norms and biases are left alone), and none on a slowed pass-through path: it holds the
+    teacher's inverse, not noise to shrink."""
+    blocks = {id(p) for blk in [*model.blocks, *model.refine] for p in blk.parameters()}
+    groups = []
+    for in_blocks in (True, False):
+        rate = lr if in_blocks else lr * passthrough_lr
+        decay = weight_decay if in_blocks or passthrough_lr == 1 else 0.0
+        params = [p for p in model.parameters() if (id(p) in blocks) == in_blocks]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": decay, "lr": rate},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": rate}]
+    return [g for g in groups if g["params"]]
+
+
+def needs_checkpointing(c: ModelConfig, batch: int, latent_frames: int, gh: int, gw: int) -> bool:
+    """Recompute activations in backward only when storing them would be large: above 2^24 token-channels
+    per step (XL at 720p and batch 1 is 39 M; s at 512x512 and batch 8 is 12.6 M, ~12 GB of activations)."""
+    return batch * latent_frames * gh * gw * c.dim > 2**24
+
+
+def pick_autocast(precision: str, device: torch.device):
+    """bf16 autocast on CUDA and on CPUs with AMX bf16 tiles (matmuls ~1.5-2x faster there); float32 otherwise."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise FlashdecodeError(f"--precision {precision!r}: choose auto, bf16 or fp32")
+    amx = device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cuda" or amx))
+    return torch.autocast(device.type, torch.bfloat16, enabled=bf16), bf16
+
+
+def step_flops(c: ModelConfig, batch: int, latent_frames: int, gh: int, gw: int) -> float:
+    """Model FLOPs of one training step: the bench's forward count x3 (forward + backward)."""
+    return 3 * batch * flops_per_clip(c, gh, gw, latent_frames)
 
 
 def train(cfg: TrainConfig, console=None) -> Path:
@@ -108,28 +165,43 @@ def train(cfg: TrainConfig, console=None) -> Path:
     console = console or Console(stderr=True, quiet=rank != 0, log_path=False)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + rank)
+    autocast, bf16 = pick_autocast(cfg.precision, device)
+    # bf16 activations into float32 norm weights take RMSNorm's unfused path: correct, just slower.
+    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
 
     teacher = load_teacher(cfg.teacher, cfg.vae, device=device)
     space = teacher.latent_space.name
     clips = VideoClips(cfg.data, frames=cfg.frames, size=tuple(cfg.size), num_clips=cfg.clips, seed=cfg.seed,
                        holdout=cfg.holdout)
-    dataset = LatentCache(clips, teacher, out / "latent-cache", console=console)
+    dataset = LatentCache(clips, teacher, out / "latent-cache", console=console, uint8_pixels=True)
     dataset.build(rank, world)  # encode once (shards split across ranks); later epochs and runs read the cache
     if world > 1:
         dist.barrier()
 
-    model = build_model(ModelConfig.build(cfg.model, space), device, seed=cfg.seed)
+    mcfg = ModelConfig.build(cfg.model, space)
+    model = build_model(mcfg, device, seed=cfg.seed)
     if cfg.init == "teacher":
         from .linear_init import init_from_linear_teacher
 
         init_from_linear_teacher(model, teacher)
+    latent_frames = 1 + (cfg.frames - 1) // 4
+    gh, gw = (n // mcfg.pixel_patch for n in cfg.size)  # one token per 16x16 pixels
+    checkpointing = (needs_checkpointing(mcfg, cfg.batch, latent_frames, gh, gw) if cfg.grad_checkpoint is None
+                     else cfg.grad_checkpoint)
     for blk in [*model.blocks, *model.refine]:
-        blk.grad_checkpoint = cfg.grad_checkpoint
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    step = 0
+        blk.grad_checkpoint = checkpointing
+    lr = cfg.lr if cfg.lr is not None else default_lr(mcfg)
+    warmup = cfg.warmup if cfg.warmup is not None else default_warmup(cfg.batch * world)
+    passthrough = cfg.passthrough_lr if cfg.passthrough_lr is not None else (0.1 if cfg.init == "teacher" else 1.0)
+    # A teacher's linear inverse is the least-squares optimum among linear decoders: an L1- or SSIM-heavy loss
+    # would first trade PSNR away from it, so from --init teacher the loss is MSE with a light SSIM term.
+    pixel_loss = cfg.pixel_loss or ("mse" if cfg.init == "teacher" else "l1")
+    ssim_weight = cfg.ssim_weight if cfg.ssim_weight is not None else (0.05 if cfg.init == "teacher" else 0.2)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))  # one torch._foreach_lerp_ per step
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr, passthrough), lr=lr, betas=(0.9, 0.95),
+                            fused=True)  # one kernel over all parameters (CUDA and CPU)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, cfg.steps))
+    step, best = 0, None
     state_path = out / "train_state.pt"
     if cfg.resume:
         if not state_path.exists():
@@ -139,78 +211,128 @@ def train(cfg: TrainConfig, console=None) -> Path:
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        step = state["step"]
+        step, best = state["step"], state.get("best")
         console.log(f"resumed {state_path} at step {step}")
     net = DDP(model, broadcast_buffers=False) if world > 1 else model
 
+    def loss_fn(latents, pixels):
+        with autocast:
+            pred = net(latents)
+        # The loss in float32, outside autocast: SSIM's variances (E[x^2] - E[x]^2) cancel catastrophically in
+        # bf16, and a noisy SSIM gradient was what pulled bf16 training below its teacher-init start.
+        return reconstruction_loss(pred.float(), pixels, ssim_weight, pixel_loss), pred
+
+    if cfg.compile:
+        loss_fn = torch.compile(loss_fn, dynamic=False)  # one clip shape: the unrolled frames become one graph
+
     sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch, sampler=sampler, drop_last=True)
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    cuda = device.type == "cuda"  # a GPU step is short: read the next batch in worker processes meanwhile
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch, sampler=sampler, drop_last=True,
+                                         num_workers=2 if cuda else 0, pin_memory=cuda, persistent_workers=cuda)
     eval_sources = cfg.eval_data or cfg.holdout
     eval_set = list(eval_clips(eval_sources, frames=cfg.eval_frames, size=tuple(cfg.size))) if eval_sources else []
+    history: list[dict] = []  # every eval: {"step", "psnr", "ssim", ...}
 
     def evaluate_ema() -> dict:
         dec = Decoder(copy.deepcopy(ema.module), teacher.latent_space)
         rows = evaluate(dec, eval_set, teacher)
         return rows[-1] if rows else {}
 
-    def save(metrics: dict) -> Path:
-        out.mkdir(parents=True, exist_ok=True)
+    def save_state() -> None:
+        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                    "sched": sched.state_dict(), "step": step, "best": best,
+                    "config": json.loads(json.dumps(asdict(cfg)))}, state_path.with_suffix(".tmp"))
+        os.replace(state_path.with_suffix(".tmp"), state_path)
+
+    def save_decoder(metrics: dict) -> Path:
         provenance = {"teacher": cfg.teacher, "data": [str(d) for d in cfg.data], "holdout": cfg.holdout,
                       "steps": step, "size": list(cfg.size), "frames": cfg.frames, "clips": cfg.clips,
                       "world_size": world, "eval": metrics, "date": time.strftime("%Y-%m-%d")}
-        path = save_checkpoint(out / "decoder.safetensors", ema.module, space, provenance)
-        torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "step": step, "config": json.loads(json.dumps(asdict(cfg)))},
-                   state_path.with_suffix(".tmp"))
-        os.replace(state_path.with_suffix(".tmp"), state_path)
-        return path
+        return save_checkpoint(out / "decoder.safetensors", ema.module, space, provenance)
 
+    def eval_and_save() -> None:
+        """Evaluate the EMA weights; keep them as decoder.safetensors only if they are the best so far."""
+        nonlocal best
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = evaluate_ema() if eval_set else {}
+        if metrics:
+            history.append({"step": step, **metrics})
+            kept = best is None or metrics["psnr"] >= best["psnr"]
+            console.log(f"eval @ {step}: PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f} (EMA)"
+                        + ("" if kept else f"; best stays {best['psnr']:.2f} dB @ {best['step']}"))
+            if kept:
+                best = {"step": step, **metrics}
+                save_decoder(metrics)
+        else:
+            save_decoder({})  # nothing to judge by: the latest EMA weights
+        save_state()
+
+    flops = step_flops(mcfg, cfg.batch * world, latent_frames, gh, gw)
     console.log(f"training {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M) for {space} "
-                f"on {len(dataset)} cached clips of {cfg.frames}x{cfg.size[0]}x{cfg.size[1]}, {world} process(es), {device}")
-    start, history, epoch, metrics = time.time(), [], 0, {}
+                f"on {len(dataset)} cached clips of {cfg.frames}x{cfg.size[0]}x{cfg.size[1]}, {world} process(es), "
+                f"{device}, {'bf16' if bf16 else 'fp32'}, lr {lr:.1e} (pass-through x{passthrough:g}), "
+                f"warm-up {warmup}, {pixel_loss} + {ssim_weight:g} x (1 - SSIM), grad checkpointing {'on' if checkpointing else 'off'}"
+                + (", compiled" if cfg.compile else ""))
+    start = time.time()
+    if rank == 0 and not cfg.resume and eval_set:
+        eval_and_save()  # the starting point: nothing worse is ever saved
     model.train()
+    # Sums stay on the device (no host sync per step); read once per log line. train_log: (step, loss, PSNR).
+    sums = torch.zeros(3, device=device)
+    train_log: list[tuple[int, float, float]] = []
+    window_start, window_steps, steps_done, timed = time.time(), 0, 0, 0.0
+    epoch = 0
     while step < cfg.steps and not (cfg.minutes and time.time() - start > 60 * cfg.minutes):
         sampler.set_epoch(epoch)
         epoch += 1
         for pixels, latents in loader:
-            pixels, latents = pixels.to(device, non_blocking=True), latents.to(device, non_blocking=True)
-            with autocast:
-                pred = net(latents)
-                loss = reconstruction_loss(pred, pixels, cfg.ssim_weight, cfg.pixel_loss)
+            pixels = from_uint8(pixels.to(device, non_blocking=True))
+            latents = latents.to(device, non_blocking=True)
+            loss, pred = loss_fn(latents, pixels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             opt.step()
             sched.step()
             ema.update_parameters(model)
             step += 1
             with torch.no_grad():
-                mse = F.mse_loss(pred.detach().float().clamp(-1, 1), pixels) / 4  # on [0, 1]
-                history.append((loss.item(), 10 * math.log10(1 / max(mse.item(), 1e-12))))
-            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-                n = len(history[-cfg.log_every:])
-                l, p = (sum(h[i] for h in history[-n:]) / n for i in (0, 1))
-                rate = step / (time.time() - start) if step else 0.0
-                eta = (cfg.steps - step) / rate if rate else float("nan")
-                console.log(f"step {step}/{cfg.steps}  loss {l:.4f}  train PSNR {p:.2f} dB  "
-                            f"{rate:.2f} steps/s  lr {sched.get_last_lr()[0]:.2e}  ETA {eta / 60:.1f} min")
-            if step % cfg.eval_every == 0 and step < cfg.steps and rank == 0:
-                metrics = evaluate_ema() if eval_set else {}
-                if metrics:
-                    console.log(f"eval @ {step}: PSNR {metrics['psnr']:.2f} dB  SSIM {metrics['ssim']:.4f} (EMA)")
-                save(metrics)
-            if step >= cfg.steps or (cfg.minutes and time.time() - start > 60 * cfg.minutes):
+                mse = (pred.detach().float().clamp(-1, 1) - pixels).square().mean() / 4  # on [0, 1]
+                sums += torch.stack([loss.detach().float(), -10 * torch.log10(mse.clamp_min(1e-12)), sums.new_ones(())])
+            window_steps += 1
+            steps_done += 1
+            last = step >= cfg.steps or bool(cfg.minutes and time.time() - start > 60 * cfg.minutes)
+            if step % cfg.log_every == 0 or last:
+                l, p, n = sums.tolist()  # the one host sync per log line
+                sums.zero_()
+                train_log.append((step, l / n, p / n))
+                elapsed = time.time() - window_start  # training time only: evaluations are not in the window
+                rate = window_steps / elapsed if elapsed > 0 else float("nan")
+                eta = (cfg.steps - step) / rate if rate > 0 else float("nan")
+                timed += elapsed
+                if rank == 0:
+                    console.log(f"step {step}/{cfg.steps}  loss {l / n:.4f}  train PSNR {p / n:.2f} dB  "
+                                f"{rate:.2f} steps/s  {rate * cfg.batch * world:.1f} samples/s  "
+                                f"{rate * flops / 1e12:.3g} TFLOP/s  lr {sched.get_last_lr()[0]:.2e}  ETA {eta / 60:.1f} min")
+                window_start, window_steps = time.time(), 0
+            if step % cfg.eval_every == 0 and not last and rank == 0:
+                eval_and_save()
+                window_start = time.time()
+            if last:
                 break
     final = None
     if rank == 0:
-        metrics = evaluate_ema() if eval_set else {}
-        final = save(metrics)
-        window = max(1, min(cfg.log_every, len(history) // 2))  # mean of the first and of the last log window
-        mean = lambda rows, i: sum(r[i] for r in rows) / len(rows) if rows else None  # noqa: E731
-        summary = {"steps": step, "seconds": time.time() - start, "eval": metrics,
-                   "train_loss_first": mean(history[:window], 0), "train_loss_last": mean(history[-window:], 0),
-                   "train_psnr_first": mean(history[:window], 1), "train_psnr_last": mean(history[-window:], 1)}
+        eval_and_save()
+        final = out / "decoder.safetensors"
+        first, latest = (train_log[0], train_log[-1]) if train_log else ((None,) * 3,) * 2  # first/last log windows
+        summary = {"steps": step, "seconds": time.time() - start, "train_seconds": timed,
+                   "steps_per_second": steps_done / timed if timed > 0 else None, "eval": best or {},
+                   "start": history[0] if history else {}, "evals": history,
+                   "precision": "bf16" if bf16 else "fp32", "grad_checkpoint": checkpointing,
+                   "lr": lr, "warmup": warmup, "passthrough_lr": passthrough, "pixel_loss": pixel_loss,
+                   "ssim_weight": ssim_weight,
+                   "train_loss_first": first[1], "train_loss_last": latest[1],
+                   "train_psnr_first": first[2], "train_psnr_last": latest[2]}
     if world > 1:  # every rank reports a checksum of its weights: DDP keeps them identical
         sums = [None] * world
         dist.all_gather_object(sums, float(sum(p.double().sum() for p in model.parameters())))
@@ -219,5 +341,6 @@ def train(cfg: TrainConfig, console=None) -> Path:
         dist.destroy_process_group()
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        console.log(f"saved {final} ({json.dumps(summary['eval']) if summary['eval'] else 'no eval clips'})")
+        console.log(f"saved {final} (best EMA eval: {json.dumps(best) if best else 'no eval clips'})")
     return final
+
