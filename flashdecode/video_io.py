@@ -35,7 +35,8 @@ PRESETS = {"libx264": ("ultrafast", "superfast", "veryfast", "faster", "fast", "
            "libx265": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
                        "placebo")}
 DEFAULT_PRESET = "veryfast"  # keeps pace with XL on an H200 (x264 376 fps at 720p on 16 cores; medium: 130)
-FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof"  # playable at every keyframe, from a pipe too
+# Playable at every keyframe, from a pipe too; negative_cts_offsets: the first frame at t = 0 despite B-frames
+FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets"
 KEYFRAME_SECONDS = 1.0  # one fragment (MP4) or cluster (MKV) a second: what kill -9 can lose
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 PNG_PATTERN = re.compile(r"%0?(\d*)d")

@@ -406,3 +406,12 @@ def test_decode_file_yuv_mp4_matches_float_output_on_real_content(tmp_path):
     reference = psnr(read_back(str(sws)), px)
     for decoded in (read_back(str(tmp_path / "v.mp4")), ffmpeg_rgb(tmp_path / "v.mp4", h, w)):
         assert psnr(decoded, px) >= reference - 0.5 and reference > 25, (psnr(decoded, px), reference)
+
+
+def test_fragmented_mp4_starts_at_zero(tmp_path):
+    """B-frames delay the first frame's timestamp unless the CTS offsets may be negative: it starts at t = 0."""
+    with VideoWriter(str(tmp_path / "v.mp4"), fps=16) as w:
+        w.write(frames(8))
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        first = next(c.decode(video=0))
+        assert first.pts == 0 and c.streams.video[0].start_time in (0, None)
