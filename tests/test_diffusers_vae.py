@@ -50,6 +50,16 @@ def test_wan_pipeline_decodes_through_the_streaming_engine(decoder):
     np.testing.assert_allclose(frames[0], ((sample[0].permute(1, 2, 3, 0) + 1) / 2).clamp(0, 1).numpy(), atol=1e-6)
 
 
+def test_pipeline_saves_and_loads_with_it(decoder, tmp_path):
+    pipe = tiny_pipeline(FlashDecoderVAE(decoder))
+    pipe.save_pretrained(tmp_path)  # model_index.json names flashdecode.integrations.diffusers.FlashDecoderVAE
+    loaded = WanPipeline.from_pretrained(tmp_path, transformer=pipe.transformer, transformer_2=None, tokenizer=None,
+                                         text_encoder=None)
+    z = torch.randn(1, 16, 2, 4, 4)
+    assert isinstance(loaded.vae, FlashDecoderVAE)
+    assert torch.equal(loaded.vae.decode(z).sample, decoder.decode(z, raw=True))
+
+
 def test_config_is_what_wan_pipelines_read(decoder):
     cfg, wan = FlashDecoderVAE(decoder).config, AutoencoderKLWan().config  # diffusers' defaults are Wan2.1's VAE
     assert (cfg.z_dim, cfg.scale_factor_temporal, cfg.scale_factor_spatial) == (16, 4, 8)
