@@ -1,33 +1,76 @@
 """The `flashdecode` console script (and `python -m flashdecode`).
 
-The commands' own imports (torch, PyAV) take a second or more. A Ctrl-C in that window would print a
-traceback through the import machinery, so start-up is wrapped here: the package's __init__ is lazy, so
-this module loads in milliseconds and the wrap covers nearly all of start-up. Inside a command,
+The commands' own imports (torch above all) take a second or more. A Ctrl-C that lands inside an import
+can surface as anything: a KeyboardInterrupt through the import machinery, a RuntimeError wrapping it (when
+it hits a class body's __set_name__), or nothing at all when a library's `except Exception` around an
+optional import swallows it and the command then runs on as if no key was pressed. So start-up holds a
+Ctrl-C back: the package's __init__ is lazy (this module loads in milliseconds), and while the CLI and torch
+are imported here a SIGINT is only recorded, then honoured as exit 130 with one line. Inside a command,
 cli/common.run_guarded takes over (the command's outputs are closed by then).
 """
 from __future__ import annotations
 
+import signal
 import sys
 
 EXIT_INTERRUPTED = 130
+HELP_FLAGS = ("-h", "--help", "--version")
+
+
+def interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind `exc`, itself or in its __cause__/__context__ chain (e.g. a RuntimeError
+    that Python raised because the interrupt landed in a class body being built), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
+    return None
+
+
+def _interrupted() -> None:
+    print("interrupted", file=sys.stderr, flush=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _start_up(argv: list[str]):
+    """Import the CLI (and torch, unless only help or the version is asked for) with Ctrl-C held back."""
+    pressed = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # leave an ignored SIGINT (nohup, `cmd &`) or a custom one alone
+        signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        from .cli import app
+
+        if argv and not any(a in HELP_FLAGS for a in argv):
+            import torch  # noqa: F401  every command needs it; imported here, a Ctrl-C cannot land inside it
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
+    if pressed:
+        _interrupted()
+    return app
 
 
 def main() -> None:
     try:
-        from .cli import app
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
+        app = _start_up(sys.argv[1:])
+    except BaseException as e:  # a Ctrl-C before the hold was in place (or while it was being lifted)
+        if interrupt_in(e) is not None:
+            _interrupted()
+        raise
     try:
         app(prog_name="flashdecode")
-    except KeyboardInterrupt:  # between start-up and a command's run_guarded (option parsing)
-        print("interrupted", file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED)
     except SystemExit as e:
         # typer turns a Ctrl-C while it builds or parses the command into a silent exit 130 (an Exit raised
         # from the KeyboardInterrupt); say it, like run_guarded does once the command runs
-        if isinstance(e.__context__, Exception) and isinstance(e.__context__.__cause__, KeyboardInterrupt):
+        if e.code == EXIT_INTERRUPTED and isinstance(e.__context__, Exception) and interrupt_in(e.__context__.__cause__):
             print("interrupted", file=sys.stderr, flush=True)
+        raise
+    except BaseException as e:  # between start-up and a command's run_guarded, or wrapped by a library
+        if interrupt_in(e) is not None:
+            _interrupted()
         raise
 
 

@@ -16,6 +16,7 @@ import sys
 
 import typer
 
+from ..console import interrupt_in
 from ..errors import FlashdecodeError
 
 EXIT_ERROR = 2
@@ -57,6 +58,9 @@ class _Guard(contextlib.ContextDecorator):
         if isinstance(exc, BrokenPipeError):
             _silence_stdout()
             raise typer.Exit(EXIT_BROKEN_PIPE) from None
+        if not isinstance(exc, typer.Exit) and interrupt_in(exc) is not None:  # a Ctrl-C that a library wrapped (e.g. in a RuntimeError mid-import)
+            print("interrupted", file=sys.stderr, flush=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         return False
 
 
