@@ -81,6 +81,8 @@ def encode(
 
     if output != "-" and Path(output).suffix.lower() not in (".safetensors", ".npy"):
         raise FlashdecodeError(f"unknown output extension for {output!r}; use .safetensors, .npy, or '-' for stdout")
+    if output == "-" and (sys.stdout is None or sys.stdout.closed):  # `>&-`: Python starts with no stdout at all
+        raise FlashdecodeError("-o - writes to stdout, which is closed; pipe it (| flashdecode decode - ...) or pass -o FILE")
     if output == "-" and sys.stdout.isatty():
         raise FlashdecodeError("-o - writes binary NPY arrays to stdout, which is a terminal; pipe it "
                                "(| flashdecode decode - ...) or pass -o latents.safetensors")
