@@ -348,6 +348,9 @@ CASES = [
     C("encode-env-memory-junk", ["encode", str(CLIP), "-o", "{tmp}/z.npy"], env={"FLASHDECODE_AVAILABLE_MEMORY": "-5G"},
       error="FLASHDECODE_AVAILABLE_MEMORY"),
     C("encode-stdout-closed-by-head", ["encode", str(CLIP), "-o", "-", "--size", "64x64"], code=141, error=None, how="head"),
+    C("encode-stdout-terminal", ["encode", str(CLIP), "-o", "-", "--size", "32x32", "--frames", "5"], error="terminal",
+      how="terminal"),
+    C("info-stdin-terminal", ["info", "-"], error="terminal", how="terminal"),
     C("encode-stdout-closed", ["encode", str(CLIP), "-o", "-", "--size", "32x32", "--frames", "5"], error="closed",
       how="no stdout"),
     C("info-stdout-closed", ["info", str(CROP)], code=0, error=None, how="no stdout"),
@@ -369,6 +372,8 @@ CASES = [
                                  "--size", "32x32"], error="nothing to evaluate"),
     C("eval-frames-huge", ["eval", str(CLIP), "--weights", "random", "--model", "tiny", "--size", "32x32", "--frames",
                            str((1 << 80) + 1)], env={"FLASHDECODE_AVAILABLE_MEMORY": "16G"}, error="available"),
+    C("eval-env-memory-junk", ["eval", str(CLIP), "--weights", "random", "--model", "tiny", "--size", "32x32", "--frames", "5"],
+      env={"FLASHDECODE_AVAILABLE_MEMORY": "plenty"}, error="FLASHDECODE_AVAILABLE_MEMORY"),
     C("eval-weights-junk", ["eval", str(CLIP), "--weights", "{tmp}/w.safetensors", "--size", "32x32", "--frames", "5"],
       files={"w.safetensors": b"\xff" * 64}, error="w.safetensors"),
     C("eval-missing-video", ["eval", "{tmp}/none.mp4", "--weights", "random", "--model", "tiny", "--size", "32x32"],
@@ -466,6 +471,16 @@ def _run_process(case: Case, argv, case_env: dict) -> dict:
     if case.how == "process":  # stdin closed (`<&-`): the child starts with no fd 0 at all
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=180,
                               preexec_fn=lambda: os.close(0))
+        return {"code": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
+    if case.how == "terminal":  # stdin and stdout are a terminal: nothing will ever be piped in or out
+        import pty
+
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.run(cmd, stdin=follower, stdout=follower, stderr=subprocess.PIPE, env=env, timeout=180)
+        finally:
+            os.close(follower)
+            os.close(leader)
         return {"code": proc.returncode, "stderr": proc.stderr.decode(errors="replace")}
     if case.how == "no stdout":  # `>&-`: no fd 1 at all
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, timeout=180,
