@@ -54,7 +54,7 @@ class Fp8Linear(nn.Module):
         rows = x.reshape(-1, self.in_features)
         xq, xscale = quantize_rows(rows)
         if self.scaled_mm:  # x [M, K] row-major times weight.t() [K, N] column-major, as cuBLASLt wants it
-            out = torch._scaled_mm(xq, self.weight.t(), scale_a=xscale, scale_b=self.scale.t(), out_dtype=x.dtype)
+            out = torch._scaled_mm(xq.contiguous(), self.weight.t(), scale_a=xscale, scale_b=self.scale.t(), out_dtype=x.dtype)
             out = out if self.bias is None else out + self.bias
         else:
             out = F.linear((xq.float() * xscale).to(x.dtype), (self.weight.float() * self.scale).to(x.dtype), self.bias)
