@@ -101,7 +101,10 @@ def batch_output_name(output: str, index: int) -> str:
     return str(path.with_name(f"{path.stem}_b{index}{path.suffix}"))
 
 
-def _check_codec(codec: str, preset: str | None = None) -> None:
+CRF_RANGE = {"libx264": (0, 51), "libx265": (0, 51), "libvpx-vp9": (0, 63), "libaom-av1": (0, 63), "libsvtav1": (0, 63)}
+
+
+def _check_codec(codec: str, preset: str | None = None, crf: int | None = None) -> None:
     import av
 
     try:
@@ -112,6 +115,12 @@ def _check_codec(codec: str, preset: str | None = None) -> None:
         what = f"is an {kind} encoder, not a video one" if kind else "is an unknown or unavailable video encoder"
         raise FlashdecodeError(f"--codec {codec!r} {what}; try libx264, libx265, libvpx-vp9, mpeg4 or ffv1 "
                                "(`ffmpeg -encoders` lists what your PyAV build has)")
+    if crf is not None:
+        if codec not in CRF_RANGE:
+            raise FlashdecodeError(f"--crf applies to {', '.join(CRF_RANGE)}, not {codec!r}; drop --crf")
+        lo, hi = CRF_RANGE[codec]
+        if not lo <= crf <= hi:
+            raise FlashdecodeError(f"--crf {crf} is out of range for {codec}: {lo} (best) to {hi}")
     if preset is not None:
         if codec not in PRESETS:
             raise FlashdecodeError(f"--preset applies to {' and '.join(PRESETS)}, not {codec!r}; drop --preset")
@@ -135,13 +144,9 @@ def png_frames(folder: Path, pattern: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if rx.fullmatch(p.name)) if folder.is_dir() else []
 
 
-def complete_fragments_size(path) -> int:
-    """Bytes of a fragmented MP4 up to the end of its last complete fragment (0: no complete fragment).
-
-    Walks the top-level boxes (ftyp, moov, moof+mdat pairs, mfra at the end); a box cut short by a full disk
-    or a kill ends the walk.
-    """
-    size, pos, good = os.path.getsize(path), 0, 0
+def _mp4_boxes(path):
+    """(type, end offset) of each complete top-level box of an MP4, in order; a box cut short ends the walk."""
+    size, pos = os.path.getsize(path), 0
     with open(path, "rb") as f:
         while pos + 8 <= size:
             f.seek(pos)
@@ -149,11 +154,40 @@ def complete_fragments_size(path) -> int:
             if n == 1 and pos + 16 <= size:
                 n = struct.unpack(">Q", f.read(8))[0]
             if n < 8 or pos + n > size:
-                break
+                return
             pos += n
-            if kind != b"moof":  # a fragment's header counts only together with its data (the next mdat)
-                good = pos
+            yield kind, pos
+
+
+def complete_fragments_size(path) -> int:
+    """Bytes of a fragmented MP4 up to the end of its last complete fragment (0: no complete fragment).
+
+    Walks the top-level boxes (ftyp, moov, moof+mdat pairs, mfra at the end); a box cut short by a full disk
+    or a kill ends the walk.
+    """
+    good = 0
+    for kind, end in _mp4_boxes(path):
+        if kind != b"moof":  # a fragment's header counts only together with its data (the next mdat)
+            good = end
     return good
+
+
+def mp4_finished(path) -> bool:
+    """Whether a fragmented MP4 was written to its end: every box complete, the closing mfra last.
+
+    A write that fails in the muxer's final flush (a full disk at close) is not reported by PyAV: this is
+    how it is noticed.
+    """
+    if not os.path.isfile(path):
+        return False
+    last = None
+    for kind, end in _mp4_boxes(path):
+        last = (kind, end)
+    return last is not None and last[0] == b"mfra" and last[1] == os.path.getsize(path)
+
+
+class IncompleteOutput(OSError):
+    """The file on disk is shorter than what was written to it (a failed final flush)."""
 
 
 def count_video_frames(path) -> int:
@@ -272,7 +306,7 @@ def _stdout_binary():
 
 def is_disk_error(e: BaseException | None) -> bool:
     """A full disk, quota or file-size limit (RLIMIT_FSIZE)."""
-    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
+    return isinstance(e, IncompleteOutput) or isinstance(e, OSError) and e.errno in DISK_ERRNOS
 
 
 class VideoWriter:
@@ -314,7 +348,7 @@ class VideoWriter:
                 raise FlashdecodeError(f"unknown stdout format {stdout_format!r}; choose {', '.join(STDOUT_FORMATS)}")
             if stdout_format == "mp4":
                 codec = codec or "libx264"
-                _check_codec(codec, preset)
+                _check_codec(codec, preset, crf)
             fp = _stdout_binary()
             if stdout_format == "raw":
                 return _RawSink(fp)
@@ -338,7 +372,7 @@ class VideoWriter:
             self._touch(path)
             return _AVSink(str(path), "yuv4mpegpipe", "rawvideo", fps, None)
         codec = codec or CONTAINERS[path.suffix.lower()]
-        _check_codec(codec, preset)
+        _check_codec(codec, preset, crf)
         self._touch(path)
         # Playable at any moment: fragmented MP4, or a Matroska cluster a second; each written out at once.
         options = {"movflags": FRAGMENTED_MP4} if path.suffix.lower() in (".mp4", ".mov") else \
@@ -428,6 +462,10 @@ class VideoWriter:
         except Exception as e:  # a broken pipe already reported by write() also breaks the final flush
             if self._error is None:
                 self._error = e
+        path = Path(self.output)
+        if self._error is None and self.frames_written and self.kind == "container" and isinstance(self.sink, _AVSink) \
+                and path.suffix.lower() in (".mp4", ".mov") and not mp4_finished(path):
+            self._error = IncompleteOutput(errno.EIO, "its last frames did not reach the disk")
         if is_disk_error(self._error) and self.kind in ("container", "y4m"):
             self._salvage(Path(self.output))
         if is_disk_error(self._error) and self.kind == "png":  # the frame being written is cut short: drop it

@@ -13,7 +13,7 @@ import torch
 
 from flashdecode.convert import HostCopies, rgb24_to_i420, to_i420, to_rgb24
 from flashdecode.video_io import (VideoWriter, batch_output_name, complete_fragments_size, count_video_frames,
-                                  output_kind, png_frames, to_uint8_frames)
+                                  mp4_finished, output_kind, png_frames, to_uint8_frames)
 from flashdecode.errors import FlashdecodeError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -415,3 +415,29 @@ def test_fragmented_mp4_starts_at_zero(tmp_path):
     with av.open(str(tmp_path / "v.mp4")) as c:
         first = next(c.decode(video=0))
         assert first.pts == 0 and c.streams.video[0].start_time in (0, None)
+
+
+def test_failed_final_flush_is_noticed(tmp_path):
+    """A short video is written whole at close, where PyAV does not report a failed write: the file is
+    checked, and a cut-short one is an error (and removed when no complete fragment is left)."""
+    script = FSIZE_WRITER.replace("range(60)", "range(2)")
+    out = tmp_path / "v.mp4"
+    r = subprocess.run([sys.executable, "-c", script, str(out), "1200"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["5", "0"]  # EIO (IncompleteOutput): nothing playable kept
+    assert not out.exists()
+    with VideoWriter(str(out)) as w:  # without a limit the same video is finished and checked as such
+        w.write(frames(8))
+    assert mp4_finished(out)
+    (tmp_path / "cut.mp4").write_bytes(out.read_bytes()[:-8])
+    assert not mp4_finished(tmp_path / "cut.mp4")
+
+
+def test_crf_range(tmp_path):
+    with pytest.raises(FlashdecodeError, match="--crf -5 is out of range for libx264: 0 \\(best\\) to 51"):
+        VideoWriter(str(tmp_path / "v.mp4"), crf=-5)
+    with pytest.raises(FlashdecodeError, match="--crf 70 is out of range for libvpx-vp9: 0 \\(best\\) to 63"):
+        VideoWriter(str(tmp_path / "v.webm"), crf=70)
+    with pytest.raises(FlashdecodeError, match="--crf applies to libx264, .* not 'mpeg4'"):
+        VideoWriter(str(tmp_path / "v.mkv"), codec="mpeg4", crf=10)
+    assert list(tmp_path.iterdir()) == []
