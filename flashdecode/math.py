@@ -35,11 +35,11 @@ def rope_table(angles: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
     """Rotate consecutive pairs of `x` [..., L, D] by `rope` [2, L, D] from `rope_table` (broadcast over
-    leading dims), in float32: x * cos + swap_pairs(x) * signed_sin."""
+    leading dims), in float32: x * cos + swap_pairs(x) * signed_sin. The float32 tables promote a bf16 `x`
+    inside each op (exact), so eager mode pays no separate upcast pass."""
     cos, sin = rope.unbind(-3)
-    xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x0, x1) -> (x1, x0)
-    return torch.addcmul(xf * cos, swapped, sin).type_as(x)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x0, x1) -> (x1, x0)
+    return torch.addcmul(x * cos, swapped, sin).type_as(x)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
