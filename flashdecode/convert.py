@@ -46,7 +46,7 @@ def to_i420(pixels: torch.Tensor) -> torch.Tensor:
     out = torch.empty(B, k, H * W * 3 // 2, dtype=torch.uint8, device=pixels.device)
     luma = torch.tensor([KR, KG, KB], device=x.device) * (219 / 2)
     out[..., :H * W].view(B, k, H, W).copy_(torch.einsum("bckhw,c->bkhw", x, luma).add_(16 + 219 / 2 + 0.5))
-    r2, g2, b2 = F.avg_pool2d(x.view(B * 3, k, H, W), 2).view(B, 3, k, H // 2, W // 2).unbind(1)
+    r2, g2, b2 = F.avg_pool2d(x.reshape(B * 3, k, H, W), 2).view(B, 3, k, H // 2, W // 2).unbind(1)
     y2 = KR * r2 + KG * g2 + KB * b2  # chroma siting: the block centre
     q = H * W // 4
     u = (b2 - y2).mul_(224 / 2 / (2 * (1 - KB))).add_(128.5)

@@ -37,7 +37,7 @@ def test_to_uint8_frames():
     assert to_uint8_frames(torch.zeros(2, 3, 4, 8, 8)).shape == (2, 4, 8, 8, 3)  # batched [B,3,k,H,W]
 
 
-@pytest.mark.parametrize("name", ["v.mp4", "v.mkv", "v.webm", "v.y4m"])
+@pytest.mark.parametrize("name", ["v.mp4", "v.mov", "v.mkv", "v.webm", "v.y4m"])
 def test_containers_read_back(tmp_path, name):
     out = tmp_path / name
     with VideoWriter(str(out), fps=16) as w:
@@ -441,3 +441,10 @@ def test_crf_range(tmp_path):
     with pytest.raises(FlashdecodeError, match="--crf applies to libx264, .* not 'mpeg4'"):
         VideoWriter(str(tmp_path / "v.mkv"), codec="mpeg4", crf=10)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_conversions_take_any_strides():
+    """The model's native output may be a strided view (a batch of 2 from a permuted buffer)."""
+    px = smooth_video(k=4, h=8, w=12).expand(2, -1, -1, -1, -1).permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)
+    assert not px.is_contiguous()
+    assert torch.equal(to_i420(px), to_i420(px.contiguous())) and torch.equal(to_rgb24(px), to_rgb24(px.contiguous()))
