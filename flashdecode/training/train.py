@@ -202,6 +202,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
                             fused=True)  # one kernel over all parameters (CUDA and CPU)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, cfg.steps))
     step, best = 0, None
+    history: list[dict] = []  # every eval: {"step", "psnr", "ssim", ...}
     state_path = out / "train_state.pt"
     if cfg.resume:
         if not state_path.exists():
@@ -211,7 +212,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
-        step, best = state["step"], state.get("best")
+        step, best, history = state["step"], state.get("best"), state.get("evals", [])
         console.log(f"resumed {state_path} at step {step}")
     net = DDP(model, broadcast_buffers=False) if world > 1 else model
 
@@ -231,7 +232,6 @@ def train(cfg: TrainConfig, console=None) -> Path:
                                          num_workers=2 if cuda else 0, pin_memory=cuda, persistent_workers=cuda)
     eval_sources = cfg.eval_data or cfg.holdout
     eval_set = list(eval_clips(eval_sources, frames=cfg.eval_frames, size=tuple(cfg.size))) if eval_sources else []
-    history: list[dict] = []  # every eval: {"step", "psnr", "ssim", ...}
 
     def evaluate_ema() -> dict:
         dec = Decoder(copy.deepcopy(ema.module), teacher.latent_space)
@@ -240,7 +240,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
 
     def save_state() -> None:
         torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                    "sched": sched.state_dict(), "step": step, "best": best,
+                    "sched": sched.state_dict(), "step": step, "best": best, "evals": history,
                     "config": json.loads(json.dumps(asdict(cfg)))}, state_path.with_suffix(".tmp"))
         os.replace(state_path.with_suffix(".tmp"), state_path)
 
@@ -334,10 +334,10 @@ def train(cfg: TrainConfig, console=None) -> Path:
                    "train_loss_first": first[1], "train_loss_last": latest[1],
                    "train_psnr_first": first[2], "train_psnr_last": latest[2]}
     if world > 1:  # every rank reports a checksum of its weights: DDP keeps them identical
-        sums = [None] * world
-        dist.all_gather_object(sums, float(sum(p.double().sum() for p in model.parameters())))
+        checksums = [None] * world
+        dist.all_gather_object(checksums, float(sum(p.double().sum() for p in model.parameters())))
         if rank == 0:
-            summary["param_checksums"] = sums
+            summary["param_checksums"] = checksums
         dist.destroy_process_group()
     if rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
