@@ -166,6 +166,8 @@ def train(cfg: TrainConfig, console=None) -> Path:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + rank)
     autocast, bf16 = pick_autocast(cfg.precision, device)
+    if cfg.pixel_loss not in (None, "l1", "mse"):
+        raise FlashdecodeError(f"--pixel-loss {cfg.pixel_loss!r}: choose l1 or mse")
     # bf16 activations into float32 norm weights take RMSNorm's unfused path: correct, just slower.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
 
