@@ -8,6 +8,7 @@ are made, so `flashdecode encode clip.mp4 -o - | flashdecode decode - ...` is a 
 from __future__ import annotations
 
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -34,6 +35,43 @@ def choose_frames(available: int, frames: int | None, max_frames: int | None, vi
         raise FlashdecodeError(f"{video} has only {available} frames from --start {start}, too few for --frames {frames}; "
                                f"use --frames {largest_4k1(available)} or an earlier --start")
     return frames
+
+
+def check_output(path: Path) -> None:
+    """Refuse an output that cannot be written, before any frame is encoded: a folder, a path through a file,
+    a folder that is not writable."""
+    from ..errors import FlashdecodeError
+
+    if path.is_dir():
+        raise FlashdecodeError(f"-o {path} is a folder; give a file name like {path / 'latents.safetensors'}")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
+    if not existing.is_dir():
+        raise FlashdecodeError(f"-o {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise FlashdecodeError(f"-o {path}: folder {existing} is not writable; pick another path")
+
+
+def write_latents(path: Path, latents, metadata: dict) -> None:
+    """latents -> .npy (bare array) or .safetensors ('latents' + metadata), written to a temporary name and moved
+    into place, so a full disk never leaves a half-written file under the final name."""
+    import numpy as np
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    from ..errors import FlashdecodeError
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, latents.numpy(), allow_pickle=False)
+        else:
+            save_file({"latents": latents}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        raise FlashdecodeError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def pixel_chunks(video, start: int, frames: int, size, device):
@@ -92,6 +130,8 @@ def encode(
         raise FlashdecodeError(f"--start {start} is negative; frames count from 0")
     if teacher not in ("wan2.1", "wan2.2") and vae is not None:
         raise FlashdecodeError("--vae is for --teacher wan2.1/wan2.2; for the demo teacher use --teacher-weights")
+    if output != "-":
+        check_output(Path(output))
     target = parse_hw(size)
     check_frames(frames)
     dev = resolve_device(device)
@@ -121,16 +161,10 @@ def encode(
     else:
         latents = torch.stack(list(latent_frames), dim=2).to(out_dtype).cpu().contiguous()
         shape = list(latents.shape)
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        if output.lower().endswith(".npy"):
-            np.save(output, latents.numpy())
-        else:
-            from safetensors.torch import save_file
-
-            save_file({"latents": latents}, output, metadata={
-                "layout": "NCTHW", "latent_space": enc.latent_space.name, "normalized": "true",
-                "source": str(video), "fps": f"{info.fps:g}", "frames": str(n), "start": str(start),
-                "size": f"{target[0]}x{target[1]}", "teacher": enc.name})
+        write_latents(Path(output), latents, metadata={
+            "layout": "NCTHW", "latent_space": enc.latent_space.name, "normalized": "true",
+            "source": str(video), "fps": f"{info.fps:g}", "frames": str(n), "start": str(start),
+            "size": f"{target[0]}x{target[1]}", "teacher": enc.name})
     if not quiet:
         print(f"encoded {n} frames of {video} at {target[0]}x{target[1]} (HxW) with {enc.name} -> {enc.latent_space.name} "
               f"latents {shape} {dtype} -> {'stdout' if output == '-' else output}", file=sys.stderr)
