@@ -126,4 +126,7 @@ def evaluate_cmd(
                       f"{r.get('teacher_psnr', float('nan')):.2f}", f"{r.get('teacher_ssim', float('nan')):.4f}")
     Console().print(table)
     if json_out:
-        json_out.write_text(json.dumps({"weights": str(weights), "teacher": teacher, "rows": rows}, indent=2))
+        try:  # the table is already printed: a failed write is one line, not a traceback over it
+            json_out.write_text(json.dumps({"weights": str(weights), "teacher": teacher, "rows": rows}, indent=2))
+        except OSError as e:
+            raise FlashdecodeError(f"cannot write --json {json_out}: {e.strerror or e}") from None
