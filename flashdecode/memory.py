@@ -51,7 +51,8 @@ def _parse_bytes(text: str) -> int:
 
 
 def available_memory(device="cpu") -> int | None:
-    """Free bytes for the work: free GPU memory plus torch's cached blocks, or MemAvailable on the CPU."""
+    """Free bytes for the work: free GPU memory plus torch's cached blocks, or on the CPU MemAvailable (capped by
+    a container's memory limit)."""
     if os.environ.get(MEMORY_ENV):
         return _parse_bytes(os.environ[MEMORY_ENV])
     if getattr(device, "type", str(device).split(":")[0]) == "cuda":
@@ -62,9 +63,43 @@ def available_memory(device="cpu") -> int | None:
     try:
         with open("/proc/meminfo") as f:
             info = dict(line.split(":", 1) for line in f)
-        return int(info["MemAvailable"].split()[0]) * 1024
+        free = int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return None  # not Linux: no check
+    in_cgroup = cgroup_free_memory()
+    return free if in_cgroup is None else min(free, in_cgroup)
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+# (limit, usage, the memory.stat key of reclaimable page cache) for cgroup v2, then v1
+CGROUP_FILES = (("memory.max", "memory.current", "inactive_file"),
+                ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "total_inactive_file"))
+
+
+def cgroup_free_memory(root: str | None = None) -> int | None:
+    """What the container's memory limit (docker --memory, a Kubernetes limit, systemd MemoryMax) still allows:
+    limit - (usage - inactive page cache), the working set the OOM killer counts. MemAvailable shows the host's
+    memory and would let a container take a size that gets it killed. None when there is no limit."""
+    root = root or CGROUP_ROOT
+    for limit_name, usage_name, cache_key in CGROUP_FILES:
+        try:
+            with open(os.path.join(root, limit_name)) as f:
+                limit = f.read().strip()
+            with open(os.path.join(root, usage_name)) as f:
+                usage = int(f.read())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # v1 writes "no limit" as ~2^63
+            return None
+        cache = 0
+        try:
+            with open(os.path.join(root, os.path.dirname(limit_name), "memory.stat")) as f:
+                stat = dict(line.split() for line in f if len(line.split()) == 2)
+            cache = int(stat.get(cache_key, 0))
+        except (OSError, ValueError):
+            pass
+        return max(0, int(limit) - max(0, usage - cache))
+    return None
 
 
 def check_memory(decoder, batch: int, h: int, w: int) -> None:

@@ -294,3 +294,25 @@ def test_named_pipe_is_read_as_a_stream(tmp_path, suffix):
     zeros.symlink_to("/dev/zero")
     with pytest.raises(FlashdecodeError, match="is neither NPY arrays"):
         open_latents(zeros)
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_a_container_memory_limit_bounds_the_free_memory(tmp_path, monkeypatch, version):
+    """In docker/Kubernetes MemAvailable is the host's: the cgroup limit (minus the working set) is what is free."""
+    from flashdecode import memory
+
+    monkeypatch.delenv("FLASHDECODE_AVAILABLE_MEMORY", raising=False)
+    sub = tmp_path if version == "v2" else tmp_path / "memory"
+    sub.mkdir(exist_ok=True)
+    limit, usage, stat = (("memory.max", "memory.current", "inactive_file") if version == "v2" else
+                          ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"))
+    (sub / limit).write_text(str(2 << 30))
+    (sub / usage).write_text(str(1536 << 20))
+    (sub / "memory.stat").write_text(f"anon 1\n{stat} {512 << 20}\n")
+    assert memory.cgroup_free_memory(str(tmp_path)) == 1 << 30  # 2 GiB - (1.5 GiB - 0.5 GiB of cache)
+    monkeypatch.setattr(memory, "CGROUP_ROOT", str(tmp_path))
+    assert memory.available_memory() <= 1 << 30
+    with pytest.raises(FlashdecodeError, match="only 1.0 GiB is available"):
+        memory.check_host_memory(2 << 30, "a 2 GiB claim", "pass less")
+    (sub / limit).write_text("max\n" if version == "v2" else str(2 ** 63 - 4096))  # no limit: MemAvailable alone
+    assert memory.cgroup_free_memory(str(tmp_path)) is None
