@@ -10,8 +10,8 @@ End to end (`output="mp4"` or `"raw"`): after the decode-only runs, the same cli
 whole path, `flashdecode.decode_file` with the same decoder (read a latent file -> decode -> convert -> encode
 into a real MP4 file, or raw rgb24 to /dev/null), so `e2e_fps` and `fps` are measured side by side, warm.
 
-Memory. CUDA: `max_memory_allocated` (and `_reserved`), reset after the warm-up. CPU: the case's peak
-resident set (VmHWM), reset after the warm-up, with `MALLOC_MMAP_THRESHOLD_=262144` so glibc returns big
+Memory. CUDA: `max_memory_allocated` (and `_reserved`), reset before each timed run, the largest kept. CPU: the
+case's peak resident set (VmHWM), reset likewise, with `MALLOC_MMAP_THRESHOLD_=262144` so glibc returns big
 buffers at once instead of keeping a moving heap (docs/design.md section 7); the RSS just before the timed runs
 is reported too, so weights and activations can be told apart.
 """
@@ -319,17 +319,25 @@ def run_case(case: Case) -> dict:
         marks = clock.ms()
         return marks[-1], marks[1], [b - a for a, b in zip(marks, marks[1:])]
 
+    e2e = EndToEnd(case, decoder, pool) if case.kind == "flashdecode" and case.output else None
     for _ in range(case.warmup):  # a short clip reaches every shape: first frame, filling and full window
         decode(min(n, 3 if case.kind == "flashdecode" else 2))
+        if e2e:
+            e2e.run(min(n, 3), timed=False)
+    # Each timed decode-only run is followed by its end-to-end run (if any): on a machine whose load drifts,
+    # both see the same conditions. Memory is probed around the decode-only runs alone.
     probe = MemoryProbe(device)
-    probe.start()
-    runs, started = [], time.perf_counter()
+    runs, peaks, started = [], [], time.perf_counter()
     for _ in range(max(case.repeat, 1)):
+        probe.start()
         runs.append(decode(n))
+        peaks.append(probe.stop())
+        if e2e:
+            e2e.run(n)
         spent = time.perf_counter() - started
         if spent + spent / len(runs) > case.budget_s:
             break
-    memory = probe.stop()
+    memory = dict(max(peaks, key=lambda m: m["peak_mem_bytes"]), mem_before_bytes=peaks[0]["mem_before_bytes"])
 
     totals = [r[0] for r in runs]
     frame_ms = [t for r in runs for t in r[2]]
@@ -348,11 +356,8 @@ def run_case(case: Case) -> dict:
         flops_per_frame=flops / frames, flops_method=flops_method, tflops_per_s=flops / (total_ms / 1e3) / 1e12,
         **memory, warmup=case.warmup, runs=len(runs),
     )
-    if case.kind == "flashdecode" and case.output:
-        try:
-            row.update(run_end_to_end(case, decoder, pool))
-        except Exception as e:  # the decode-only numbers still stand
-            row.update(output=case.output, e2e_fps=None, e2e_error=f"{type(e).__name__}: {e}".splitlines()[0])
+    if e2e:
+        row.update(e2e.results())
     return row
 
 
@@ -400,49 +405,65 @@ def stdout_to_devnull():
         os.close(devnull)
 
 
-def run_end_to_end(case: Case, decoder, pool) -> dict:
-    """The clip through `flashdecode.decode_file` with the same, already warm decoder (read -> decode ->
-    convert -> encode -> file), timed as the user sees it: from the first latent frame to the flushed file.
-    Warm-up first (the same short clip as the decode-only warm-up), then `repeat` runs within the budget;
-    medians. CUDA peak memory: decode_file's own reading (weights, activations, conversion buffers)."""
-    from .pipeline import decode_file
+class EndToEnd:
+    """The clip through `flashdecode.decode_file` with the case's own warm decoder (read a latent file ->
+    decode -> convert -> encode -> flushed file), timed as the user sees it: from the start of decoding to
+    the closed file. A failing run is kept as `e2e_error` and ends the end-to-end runs, not the case.
+    CUDA peak memory: decode_file's own reading (weights, activations, conversion buffers)."""
 
-    n = case.latent_frames
-    file_bytes = n * pool[:, :, 0].numel() * pool.element_size()
-    if file_bytes > E2E_MAX_FILE_BYTES:
-        raise FlashdecodeError(f"the end-to-end input for {n} latent frames would be a {file_bytes / 1e9:.1f} GB "
-                               f"latent file (limit {E2E_MAX_FILE_BYTES / 1e9:.0f} GB); measure a shorter clip")
-    with tempfile.TemporaryDirectory(prefix="flashdecode-bench-") as tmp:
-        tmp = Path(tmp)
+    def __init__(self, case: Case, decoder, pool):
+        self.case, self.decoder, self.pool = case, decoder, pool
+        self.runs: list[dict] = []
+        self.error: str | None = None
+        n = case.latent_frames
+        file_bytes = n * pool[:, :, 0].numel() * pool.element_size()
+        if file_bytes > E2E_MAX_FILE_BYTES:
+            self.error = (f"the end-to-end input for {n} latent frames would be a {file_bytes / 1e9:.1f} GB latent "
+                          f"file (limit {E2E_MAX_FILE_BYTES / 1e9:.0f} GB); measure a shorter clip")
+        self._tmp = tempfile.TemporaryDirectory(prefix="flashdecode-bench-")  # removed with this object
+        self.folder = Path(self._tmp.name)
 
-        def run(frames: int, i: int) -> dict:
-            z = pool[:, :, [t % pool.shape[2] for t in range(frames)]]
-            source = write_latents(tmp / f"latents_{frames}.safetensors", z, case.latent_space)
-            output = "-" if case.output == "raw" else str(tmp / f"e2e_{i}.mp4")
-            with stdout_to_devnull() if case.output == "raw" else nullcontext():
-                summary = decode_file(source, output, decoder=decoder, latent_space=case.latent_space, quiet=True,
-                                      stdout_format="raw" if case.output == "raw" else None)
-            if output != "-":
+    def run(self, frames: int, timed: bool = True) -> None:
+        from .pipeline import decode_file
+
+        if self.error:
+            return
+        raw = self.case.output == "raw"
+        try:
+            z = self.pool[:, :, [t % self.pool.shape[2] for t in range(frames)]]
+            source = self.folder / f"latents_{frames}.safetensors"
+            if not source.exists():
+                write_latents(source, z, self.case.latent_space)
+            output = "-" if raw else str(self.folder / "e2e.mp4")
+            with stdout_to_devnull() if raw else nullcontext():
+                summary = decode_file(source, output, decoder=self.decoder, latent_space=self.case.latent_space,
+                                      quiet=True, stdout_format="raw" if raw else None)
+            if not raw:
                 summary["bytes"] = Path(output).stat().st_size
                 Path(output).unlink()
-            return summary
+        except Exception as e:  # the decode-only numbers still stand
+            self.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            return
+        if timed:
+            self.runs.append(summary)
 
-        for i in range(case.warmup):
-            run(min(n, 3), -1 - i)
-        runs, started = [], time.perf_counter()
-        for i in range(max(case.repeat, 1)):
-            runs.append(run(n, i))
-            spent = time.perf_counter() - started
-            if spent + spent / len(runs) > case.budget_s:
-                break
-    seconds = statistics.median(r["seconds"] for r in runs)
-    frames = runs[0]["frames"]
-    cuda = case.device.startswith("cuda")
-    return dict(output=case.output, e2e_fps=frames / seconds, e2e_ms=seconds * 1e3, e2e_frames=frames,
-                e2e_runs=len(runs), e2e_bytes_per_frame=runs[0]["bytes"] / frames if "bytes" in runs[0] else None,
-                e2e_peak_mem_bytes=max(r["peak_mem_bytes"] for r in runs) if cuda else None,
-                e2e_peak_reserved_bytes=max(r.get("peak_mem_reserved_bytes") or 0 for r in runs) if cuda else None,
-                e2e_method="flashdecode.decode_file, first latent frame to flushed file, median")
+    def results(self) -> dict:
+        self._tmp.cleanup()
+        if not self.runs:
+            return dict(output=self.case.output, e2e_fps=None, e2e_error=self.error or "no end-to-end run")
+        runs = self.runs
+        seconds = statistics.median(r["seconds"] for r in runs)
+        frames = runs[0]["frames"]
+        cuda = self.case.device.startswith("cuda")
+        row = dict(output=self.case.output, e2e_fps=frames / seconds, e2e_ms=seconds * 1e3, e2e_frames=frames,
+                   e2e_runs=len(runs), e2e_bytes_per_frame=runs[0]["bytes"] / frames if "bytes" in runs[0] else None,
+                   e2e_peak_mem_bytes=max(r["peak_mem_bytes"] for r in runs) if cuda else None,
+                   e2e_peak_reserved_bytes=max(r.get("peak_mem_reserved_bytes") or 0 for r in runs) if cuda else None,
+                   e2e_method="flashdecode.decode_file, start of decoding to closed file, median; each run right "
+                              "after a decode-only run")
+        if self.error:
+            row["e2e_error"] = self.error
+        return row
 
 
 def _case_main(case_json: str) -> None:
