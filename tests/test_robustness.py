@@ -412,6 +412,16 @@ CASES = [
     C("train-unknown-model", ["train", str(CLIP), "--out", "{tmp}/run", "--model", "huge", "--size", "32x32", "--frames",
                               "5", "--clips", "2", "--steps", "1"], error="huge",
       marks=(pytest.mark.xfail(strict=True, reason="owner: E (train): unknown --model is a ValueError traceback"),)),
+    *[C(f"train-{name}", ["train", str(CLIP), "--out", "{tmp}/run", "--size", "32x32", "--frames", "5", "--model", "tiny",
+                          "--clips", "2", "--steps", "1", *extra], error=words,
+        marks=(pytest.mark.xfail(strict=True, reason=f"owner: E (train): {why}"),))
+      for name, extra, words, why in [
+          ("lr-nan", ["--lr", "nan"], "--lr", "--lr nan is torch's ValueError traceback"),
+          ("lr-negative", ["--lr", "-1"], "--lr", "--lr -1 is torch's ValueError traceback"),
+          ("ema-above-1", ["--ema", "2"], "--ema", "--ema 2 is a ValueError traceback"),
+          ("eval-frames-not-4k1", ["--eval-frames", "6", "--holdout", f"{CLIP}:0-20"], "4k\\+1",
+           "--eval-frames 6 is a ValueError traceback after training"),
+      ]],
     C("train-batch-zero", ["train", str(CLIP), "--out", "{tmp}/run", "--batch", "0", "--size", "32x32", "--frames", "5",
                            "--clips", "2", "--steps", "1"], error="batch",
       marks=(pytest.mark.xfail(strict=True, reason="owner: E (train): --batch 0 is a ValueError traceback"),)),
