@@ -10,8 +10,11 @@ How a row runs, cheapest first:
 - "capped": rows whose input CLAIMS a size (an NPY shape, a safetensors header, --size) run together in ONE
   subprocess whose address space is capped (RLIMIT_AS), so an attempt to allocate the claim fails the row; the
   peak RSS of that process is asserted too;
-- a subprocess of its own only where the process itself is the point: a closed stdin, a pipe closed by
-  `head`, a Ctrl-C during start-up.
+- a subprocess of its own only where the process itself is the point: a closed stdin or stdout, a terminal,
+  a pipe closed by `head`, Ctrl-C during start-up, SIGTERM mid-decode, a file-size limit (a full disk).
+
+Rows whose fix belongs to another engineer and has not landed are strict xfails naming the owner: when the fix
+lands they XPASS, which fails the run until the mark is removed.
 """
 from __future__ import annotations
 
