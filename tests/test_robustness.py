@@ -124,6 +124,8 @@ def checkpoint(*, nan=False, config=None) -> bytes:
             state, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
     if nan:
         next(iter(state.values())).view(-1)[0] = float("nan")
+    if callable(config):  # a change to the real config
+        config = json.dumps(config(json.loads(meta["config"])))
     if config is not None:
         meta["config"] = config
     return st(state, meta)
@@ -277,6 +279,9 @@ CASES = [
       files={"w.safetensors": lambda: checkpoint(config=json.dumps({"name": "tiny", "dim": 1 << 20, "depth": 4096,
                                                                       "heads": 8, "kv_heads": 8}))},
       error="", left=GONE, how="capped"),
+    C("decode-weights-config-in-bounds-but-huge", [*DEC, str(CROP), *OUT, "--weights", "{tmp}/w.safetensors"],
+      files={"w.safetensors": lambda: checkpoint(config=lambda c: {**c, "depth": 64, "dim": 8192})},  # ~50 G params
+      error="does not fit", left=GONE, how="capped"),
     C("decode-weights-nan", [*DEC, str(CROP), *OUT, "--weights", "{tmp}/w.safetensors"],
       files={"w.safetensors": lambda: checkpoint(nan=True)}, error="NaN", left=GONE),
     C("decode-png-folder-reused", [*DEC, str(CROP), "-o", "{tmp}/frames/%05d.png", *TINY], files={"frames/00000.png": b"run 1"},
