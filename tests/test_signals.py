@@ -20,8 +20,8 @@ TINY = ["--model", "tiny", "--weights", "random"]
 LATENT_FRAMES = 40  # 157 frames, about 10 s of video at 16 fps
 FPS = 16
 # What may be missing after SIGKILL: the unflushed fragment (1 s), the writer queue (4 chunks of 4 frames) and
-# x264's frame threads (ultrafast: no lookahead). Measured on a 2-core machine: 13 frames lost.
-SIGKILL_SLACK = FPS + 16 + 8
+# x264's frame threads, 1.5 per core (ultrafast: no lookahead). Measured on a 2-core machine: 13 frames lost.
+SIGKILL_SLACK = FPS + 16 + int(1.5 * (os.cpu_count() or 1)) + 8
 
 
 def frames_in(path) -> int:
