@@ -40,10 +40,11 @@ fi
 
 cat <<EOF
 
-The run call (one call; gpu.sh stops its last step by 470 s, then targets and packing take seconds):
+The run call (one call; gpu.sh stops its last step by 470 s and is killed at 530 s at the latest, so the
+results are always packed before the 560 s limit):
 
   run(
-    command="bash benchmarks/gpu.sh /tmp/gpu-run; sleep 1; tar czf \$OUT/results.tar.gz -C /tmp gpu-run; cp /tmp/gpu-run/targets.txt /tmp/gpu-run/gpu.log \$OUT/",
+    command="timeout 530 bash benchmarks/gpu.sh /tmp/gpu-run; sleep 1; tar czf \$OUT/results.tar.gz -C /tmp gpu-run; cp /tmp/gpu-run/targets.txt /tmp/gpu-run/gpu.log \$OUT/",
     carry=["$WHEELS"],
     timeout_s=560,
   )
