@@ -206,7 +206,7 @@ def test_gpu_script_runs_every_step_on_cpu_at_tiny_sizes(tmp_path):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="bf16", MODELS="tiny", RES="32x32", FRAMES="5",
                COMPILES="off", FP8_COMPILE="off", E2E_MODEL="tiny", E2E_RES="32x32", E2E_LATENT_FRAMES="3",
-               LENGTHS="2,3", LENGTH_MODELS="tiny", LENGTH_RES="16x16", BENCH_ARGS="--baseline-size tiny --warmup 0",
+               LENGTHS="2,3", LENGTH_MODELS="tiny", LENGTH_RES="16x16", BENCH_ARGS="--baseline-size tiny --warmup 0 --repeat 1",
                DECODE_ARGS="--dtype bf16", SKIP_INSTALL="1", SKIP_TESTS="1", NO_PLOT="1")
     proc = subprocess.run(["bash", str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:]
