@@ -153,6 +153,27 @@ def step_flops(c: ModelConfig, batch: int, latent_frames: int, gh: int, gw: int)
     return 3 * batch * flops_per_clip(c, gh, gw, latent_frames)
 
 
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse impossible settings before any work (one error line each), not as a traceback mid-run."""
+    from ..model import VARIANTS
+
+    if cfg.model not in VARIANTS:
+        raise FlashdecodeError(f"--model {cfg.model!r}: choose one of {', '.join(VARIANTS)}")
+    for name, value in (("--lr", cfg.lr), ("--passthrough-lr", cfg.passthrough_lr)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise FlashdecodeError(f"{name} {value}: must be a positive number")
+    if not 0 <= cfg.ema < 1:
+        raise FlashdecodeError(f"--ema {cfg.ema}: must be in [0, 1), e.g. 0.999")
+    for name, value in (("--batch", cfg.batch), ("--steps", cfg.steps), ("--clips", cfg.clips),
+                        ("--eval-every", cfg.eval_every), ("--log-every", cfg.log_every)):
+        if value < 1:
+            raise FlashdecodeError(f"{name} {value}: must be at least 1")
+    if cfg.eval_frames < 1 or (cfg.eval_frames - 1) % 4:
+        raise FlashdecodeError(f"--eval-frames {cfg.eval_frames} is not 4k+1 (1, 5, 9, 13, ...)")
+    if cfg.pixel_loss not in (None, "l1", "mse"):
+        raise FlashdecodeError(f"--pixel-loss {cfg.pixel_loss!r}: choose l1 or mse")
+
+
 def train(cfg: TrainConfig, console=None) -> Path:
     from rich.console import Console
 
@@ -161,13 +182,12 @@ def train(cfg: TrainConfig, console=None) -> Path:
     from .teachers import load_teacher
     from .video_data import VideoClips, eval_clips
 
+    check_config(cfg)
     rank, world, device = setup_distributed(cfg.device)
     console = console or Console(stderr=True, quiet=rank != 0, log_path=False)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + rank)
     autocast, bf16 = pick_autocast(cfg.precision, device)
-    if cfg.pixel_loss not in (None, "l1", "mse"):
-        raise FlashdecodeError(f"--pixel-loss {cfg.pixel_loss!r}: choose l1 or mse")
     # bf16 activations into float32 norm weights take RMSNorm's unfused path: correct, just slower.
     warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
 
