@@ -418,11 +418,9 @@ CASES = [
     C("train-size-zero", ["train", str(CLIP), "--out", "{tmp}/run", "--size", "0x0", "--steps", "1"], error="0x0"),
     C("train-size-not-16", ["train", str(CLIP), "--out", "{tmp}/run", "--size", "17x32", "--steps", "1"], error="16"),
     C("train-unknown-model", ["train", str(CLIP), "--out", "{tmp}/run", "--model", "huge", "--size", "32x32", "--frames",
-                              "5", "--clips", "2", "--steps", "1"], error="huge",
-      marks=(pytest.mark.xfail(strict=True, reason="owner: E (train): unknown --model is a ValueError traceback"),)),
+                              "5", "--clips", "2", "--steps", "1"], error="huge"),
     *[C(f"train-{name}", ["train", str(CLIP), "--out", "{tmp}/run", "--size", "32x32", "--frames", "5", "--model", "tiny",
-                          "--clips", "2", "--steps", "1", *extra], error=words,
-        marks=(pytest.mark.xfail(strict=True, reason=f"owner: E (train): {why}"),))
+                          "--clips", "2", "--steps", "1", *extra], error=words)
       for name, extra, words, why in [
           ("lr-nan", ["--lr", "nan"], "--lr", "--lr nan is torch's ValueError traceback"),
           ("lr-negative", ["--lr", "-1"], "--lr", "--lr -1 is torch's ValueError traceback"),
@@ -431,8 +429,7 @@ CASES = [
            "--eval-frames 6 is a ValueError traceback after training"),
       ]],
     C("train-batch-zero", ["train", str(CLIP), "--out", "{tmp}/run", "--batch", "0", "--size", "32x32", "--frames", "5",
-                           "--clips", "2", "--steps", "1"], error="batch",
-      marks=(pytest.mark.xfail(strict=True, reason="owner: E (train): --batch 0 is a ValueError traceback"),)),
+                           "--clips", "2", "--steps", "1"], error="batch"),
 ]
 
 
