@@ -428,6 +428,8 @@ CASES = [
           ("eval-frames-not-4k1", ["--eval-frames", "6", "--holdout", f"{CLIP}:0-20"], "4k\\+1",
            "--eval-frames 6 is a ValueError traceback after training"),
       ]],
+    C("train-clips-zero", ["train", str(CLIP), "--out", "{tmp}/run", "--clips", "0", "--size", "32x32", "--frames", "5",
+                           "--steps", "1"], error="--clips"),  # it hung before E's fix
     C("train-batch-zero", ["train", str(CLIP), "--out", "{tmp}/run", "--batch", "0", "--size", "32x32", "--frames", "5",
                            "--clips", "2", "--steps", "1"], error="batch"),
 ]
