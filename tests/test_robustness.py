@@ -404,9 +404,7 @@ CASES = [
     C("bench-repeat-zero", ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--repeat", "0"], error="--repeat"),
     C("bench-lengths-zero", ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--lengths", "0"], error="--lengths"),
     C("bench-json-is-folder", ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--frames", "5", "--repeat", "1",
-                               "--warmup", "0", "--json", "{tmp}"], error="folder",
-      marks=(pytest.mark.xfail(strict=True, reason="owner: F (bench): --json FOLDER is an IsADirectoryError traceback "
-                                                    "after the cases ran"),)),
+                               "--warmup", "0", "--json", "{tmp}"], error="folder"),
     C("bench-unknown-model", ["bench", "--device", "cpu", "--model", "huge"], error="huge"),
     C("bench-every-case-failed", ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--frames", "5",
                                   "--timeout", "0.01"], error="no case could be measured"),

@@ -52,6 +52,7 @@ def bench(
     from ..engine import resolve_device
     from ..errors import FlashdecodeError
     from ..latent_spaces import get_latent_space, latent_frames
+    from ..pipeline import check_json_path
 
     models = [m.lower() for m in harness.parse_list(model)]
     baselines = [b.lower() for b in harness.parse_list(baseline) if b.lower() != "none"]
@@ -91,6 +92,8 @@ def bench(
         raise FlashdecodeError("--weights PATH fits one --model; pass a single variant or --weights random")
     if weights != "random" and not Path(weights).is_file():
         raise FlashdecodeError(f"--weights {weights}: no such file; pass a .safetensors checkpoint or random")
+    if json_path:
+        check_json_path(json_path)  # before the cases run, not after: a folder or a missing parent is one line
     if plot_path:
         harness.check_plot_dependency()
     harness.check_baseline_dependency(baselines)
