@@ -254,6 +254,7 @@ def _load(case: Case, device):
         flops = base.flops(case.height, case.width, case.latent_frames)
         return base, base.latent_space, (h, w), flops, "FlopCounterMode (meta device)"
     from .engine import load_decoder
+    from .memory import check_memory
     from .model import flops_per_clip
 
     dec = load_decoder(case.model, case.latent_space, weights=case.weights, device=device, dtype=case.dtype,
@@ -262,6 +263,7 @@ def _load(case: Case, device):
     if case.height % s or case.width % s:
         raise FlashdecodeError(f"{case.height}x{case.width} is not a multiple of {s} pixels per latent cell")
     h, w = case.height // s, case.width // s
+    check_memory(dec, 1, h, w)  # a huge --res is one line here, not an allocation attempt in the first step
     p = dec.config.patch
     flops = flops_per_clip(dec.config, h // p, w // p, case.latent_frames)
     return dec, dec.latent_space, (h, w), flops, "analytic (model.flops_per_clip)"

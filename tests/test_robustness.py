@@ -406,6 +406,8 @@ CASES = [
     C("bench-json-is-folder", ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--frames", "5", "--repeat", "1",
                                "--warmup", "0", "--json", "{tmp}"], error="folder"),
     C("bench-unknown-model", ["bench", "--device", "cpu", "--model", "huge"], error="huge"),
+    C("bench-res-too-large", ["bench", "--device", "cpu", "--model", "tiny", "--res", "160000x160000", "--frames", "5",
+                              "--repeat", "1", "--warmup", "0"], error="needs about"),
     C("bench-every-case-failed", ["bench", "--device", "cpu", "--model", "tiny", "--res", "32x32", "--frames", "5",
                                   "--timeout", "0.01"], error="no case could be measured"),
     # ---- train -----------------------------------------------------------------------------------------
