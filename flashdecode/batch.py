@@ -156,7 +156,8 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     FlashdecodeError on rank 0 if any file failed (after the others are written and the summary saved).
     """
     from .engine import load_decoder
-    from .pipeline import RANDOM_WEIGHTS_NOTE, decode_file, resolve_device
+    from .engine import resolve_device
+    from .pipeline import RANDOM_WEIGHTS_NOTE, decode_file
     from .progress import DecodeProgress
     from .signals import stop_status
 

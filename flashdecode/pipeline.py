@@ -19,23 +19,19 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from .errors import FlashdecodeError
 from .latent_spaces import LATENT_SPACES
+from .video_io import FPS_RANGE
 
 DEFAULT_FPS = 16.0
 RANDOM_WEIGHTS_NOTE = ("note: the weights are random (--weights random): the video is noise; use it to measure speed "
                        "and memory")
-FPS_RANGE = (0.01, 1000.0)  # what a video container's time base and a player handle sensibly
 
 
 # -- checking the options ---------------------------------------------------------------------------------
 
 def resolve_latent_space(requested: str, latents, weights_meta: dict) -> str:
     """latent_space, or for auto: the latents' metadata, the checkpoint's, then the channel count."""
-    from .latent_spaces import LATENT_SPACES
-
     if requested != "auto":
         if requested not in LATENT_SPACES:
             raise FlashdecodeError(f"unknown latent space {requested!r}; choose auto or {', '.join(LATENT_SPACES)}")
@@ -81,21 +77,6 @@ def resolve_fps(fps, metadata: dict, name: str) -> float:
     return value
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """device as a torch.device, refusing what this machine does not have (instead of a torch traceback)."""
-    from .engine import resolve_device as default_device
-
-    try:
-        dev = default_device(name)
-    except RuntimeError as e:
-        raise FlashdecodeError(f"unknown --device {name!r} ({e}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FlashdecodeError(f"--device {name} asked for, but this torch has no CUDA GPU; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise FlashdecodeError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
-    return dev
-
-
 def check_json_path(json_path: Path) -> None:
     if json_path.is_dir():
         raise FlashdecodeError(f"--json {json_path} is a folder; give a file name like {json_path / 'summary.json'}")
@@ -135,7 +116,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     `weights`, `dtype` and `compile` are then its own.
     """
     from .checkpoint import read_metadata
-    from .engine import load_decoder
+    from .engine import load_decoder, resolve_device
     from .latents_io import open_latents
     from .memory import check_memory
     from .progress import DecodeProgress

@@ -128,11 +128,15 @@ def _check_codec(codec: str, preset: str | None = None, crf: int | None = None) 
             raise FlashdecodeError(f"unknown --preset {preset!r} for {codec}; choose one of {', '.join(PRESETS[codec])}")
 
 
+FPS_RANGE = (0.01, 1000.0)  # what a video container's time base and a player handle sensibly
+
+
 def check_fps(fps: float) -> None:
     import math
 
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and 0.01 <= fps <= 1000):
-        raise FlashdecodeError(f"fps {fps} is not a usable frame rate; give a number between 0.01 and 1000")
+    lo, hi = FPS_RANGE
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and lo <= fps <= hi):
+        raise FlashdecodeError(f"fps {fps} is not a usable frame rate; give a number between {lo:g} and {hi:g}")
 
 
 def png_frames(folder: Path, pattern: str) -> list[Path]:

@@ -113,7 +113,7 @@ def encode(
 
     from ..errors import FlashdecodeError
     from ..memory import check_encode_memory
-    from ..pipeline import resolve_device
+    from ..engine import resolve_device
     from ..training.teachers import load_teacher
     from ..training.video_data import probe, round_down_16
 

@@ -94,7 +94,8 @@ def evaluate_cmd(
     from ..engine import load_decoder
     from ..errors import FlashdecodeError
     from ..memory import check_host_memory
-    from ..pipeline import check_json_path, resolve_device
+    from ..engine import resolve_device
+    from ..pipeline import check_json_path
     from ..training.evaluate import evaluate
     from ..training.teachers import load_teacher
     from ..training.video_data import eval_clips
