@@ -88,6 +88,28 @@ def test_training_from_the_teacher_never_gets_worse(tmp_path):
     assert saved["psnr"] == max(e["psnr"] for e in evals) >= start
 
 
+def test_fine_tuning_starts_where_the_checkpoint_left_off(tmp_path):
+    """--init PATH: the first evaluation (before any step) of a run started from a checkpoint scores what that
+    checkpoint scored, not the random start's score; a checkpoint of another variant is one error line."""
+    common = ["train", f"{SAMPLE}:0-28", "--holdout", f"{SAMPLE}:28-41", "--teacher", "demo", "--model", "tiny",
+              "--size", "32x32", "--frames", "5", "--clips", "8", "--batch", "2", "--lr", "2e-3", "--warmup", "5",
+              "--eval-frames", "5", "--log-every", "10", "--ema", "0.5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert flashdecode_cli(*common, "--steps", "30", "--eval-every", "30", "--out", first, env=env).returncode == 0
+    start = json.loads((first / "summary.json").read_text())["evals"]
+    assert start[-1]["psnr"] > start[0]["psnr"] + 1  # the checkpoint is far from a random start
+    r = flashdecode_cli(*common, "--init", first / "decoder.safetensors", "--steps", "5", "--eval-every", "5",
+                        "--out", second, env=env)
+    assert r.returncode == 0, r.stderr
+    evals = json.loads((second / "summary.json").read_text())["evals"]
+    assert evals[0]["step"] == 0 and evals[0]["psnr"] == pytest.approx(start[-1]["psnr"], abs=1e-3)
+    r = flashdecode_cli(*[a if a != "tiny" else "xs" for a in common], "--init", first / "decoder.safetensors",
+                        "--out", tmp_path / "third", env=env)
+    assert r.returncode == 2 and "error: --init" in r.stderr and "--model tiny" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "third").exists()
+
+
 def test_ssim_loss_ignores_autocast():
     """bf16 autocast would run SSIM's blurs in bf16, where E[x^2] - E[x]^2 cancels into noise."""
     x, y = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32)

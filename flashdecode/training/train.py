@@ -67,7 +67,7 @@ class TrainConfig:
     grad_checkpoint: bool | None = None  # None: only when the step's activations are large (see needs_checkpointing)
     precision: str = "auto"  # auto | bf16 | fp32: bf16 autocast on CUDA, and on CPUs with AMX bf16 tiles
     compile: bool = False  # torch.compile the unrolled clip + loss (static shapes): pays on GPUs, not on CPUs
-    init: str = "random"  # random | teacher (a linear teacher's exact inverse, see linear_init.py)
+    init: str = "random"  # random | teacher (a linear teacher's exact inverse, see linear_init.py) | a checkpoint path
     resume: bool = False
     seed: int = 0
     device: str | None = None
@@ -170,8 +170,33 @@ def check_config(cfg: TrainConfig) -> None:
             raise FlashdecodeError(f"{name} {value}: must be at least 1")
     if cfg.eval_frames < 1 or (cfg.eval_frames - 1) % 4:
         raise FlashdecodeError(f"--eval-frames {cfg.eval_frames} is not 4k+1 (1, 5, 9, 13, ...)")
+    if cfg.init not in ("random", "teacher"):
+        if not Path(cfg.init).is_file():
+            raise FlashdecodeError(f"--init {cfg.init}: choose random, teacher, or the path of a decoder .safetensors")
+        from ..checkpoint import read_metadata
+
+        meta = read_metadata(cfg.init)
+        if meta.get("format") != "flashdecode":
+            raise FlashdecodeError(f"--init {cfg.init} is not a flashdecode decoder checkpoint; pass random, teacher "
+                                   "or a .safetensors file that `flashdecode train` wrote")
+        if meta.get("variant") != cfg.model:
+            raise FlashdecodeError(f"--init {cfg.init} holds model {meta.get('variant')!r}, not {cfg.model!r}; "
+                                   f"pass --model {meta.get('variant')}")
     if cfg.pixel_loss not in (None, "l1", "mse"):
         raise FlashdecodeError(f"--pixel-loss {cfg.pixel_loss!r}: choose l1 or mse")
+
+
+def init_from_checkpoint(model, path, latent_space: str) -> None:
+    """Fine-tune: start from a flashdecode checkpoint of the same variant and latent space (float16 files too)."""
+    from ..checkpoint import check_fits, load_checkpoint, load_weights, read_metadata
+
+    meta = read_metadata(path)  # format and variant were checked by check_config
+    if meta.get("latent_space") != latent_space:
+        raise FlashdecodeError(f"--init {path} decodes the {meta.get('latent_space')!r} latent space, the teacher "
+                               f"makes {latent_space!r}; pick the matching --teacher or checkpoint")
+    check_fits(path, model.config)  # names and shapes from the header, before a tensor is read
+    state, _ = load_checkpoint(path)
+    load_weights(model, state, path)
 
 
 def train(cfg: TrainConfig, console=None) -> Path:
@@ -206,6 +231,8 @@ def train(cfg: TrainConfig, console=None) -> Path:
         from .linear_init import init_from_linear_teacher
 
         init_from_linear_teacher(model, teacher)
+    elif cfg.init != "random":
+        init_from_checkpoint(model, cfg.init, space)
     latent_frames = 1 + (cfg.frames - 1) // 4
     gh, gw = (n // mcfg.pixel_patch for n in cfg.size)  # one token per 16x16 pixels
     checkpointing = (needs_checkpointing(mcfg, cfg.batch, latent_frames, gh, gw) if cfg.grad_checkpoint is None
@@ -214,11 +241,13 @@ def train(cfg: TrainConfig, console=None) -> Path:
         blk.grad_checkpoint = checkpointing
     lr = cfg.lr if cfg.lr is not None else default_lr(mcfg)
     warmup = cfg.warmup if cfg.warmup is not None else default_warmup(cfg.batch * world)
-    passthrough = cfg.passthrough_lr if cfg.passthrough_lr is not None else (0.1 if cfg.init == "teacher" else 1.0)
+    fine_tune = cfg.init != "random"  # from the teacher's inverse or a trained decoder: a start worth keeping
+    passthrough = cfg.passthrough_lr if cfg.passthrough_lr is not None else (0.1 if fine_tune else 1.0)
     # A teacher's linear inverse is the least-squares optimum among linear decoders: an L1- or SSIM-heavy loss
-    # would first trade PSNR away from it, so from --init teacher the loss is MSE with a light SSIM term.
-    pixel_loss = cfg.pixel_loss or ("mse" if cfg.init == "teacher" else "l1")
-    ssim_weight = cfg.ssim_weight if cfg.ssim_weight is not None else (0.05 if cfg.init == "teacher" else 0.2)
+    # would first trade PSNR away from it (and from a decoder fine-tuned past it), so from either the loss is MSE
+    # with a light SSIM term.
+    pixel_loss = cfg.pixel_loss or ("mse" if fine_tune else "l1")
+    ssim_weight = cfg.ssim_weight if cfg.ssim_weight is not None else (0.05 if fine_tune else 0.2)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))  # one torch._foreach_lerp_ per step
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr, passthrough), lr=lr, betas=(0.9, 0.95),
                             fused=True)  # one kernel over all parameters (CUDA and CPU)
