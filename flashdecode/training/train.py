@@ -170,7 +170,15 @@ def check_config(cfg: TrainConfig) -> None:
             raise FlashdecodeError(f"{name} {value}: must be at least 1")
     if cfg.eval_frames < 1 or (cfg.eval_frames - 1) % 4:
         raise FlashdecodeError(f"--eval-frames {cfg.eval_frames} is not 4k+1 (1, 5, 9, 13, ...)")
-    if cfg.init not in ("random", "teacher"):
+    if cfg.init == "teacher":  # the exact inverse needs a linear teacher and room for it (linear_init.py)
+        if cfg.teacher != "demo":
+            raise FlashdecodeError(f"--init teacher needs a linear teacher (demo): the {cfg.teacher} VAE has no exact "
+                                   "inverse to start from; use --init random or a decoder checkpoint")
+        c = ModelConfig.build(cfg.model, "demo")
+        if (c.in_channels + 1) * c.time_up > c.dim:
+            raise FlashdecodeError(f"--init teacher: model {cfg.model} (width {c.dim}) is too narrow to hold the demo "
+                                   f"codec's inverse (width {(c.in_channels + 1) * c.time_up} needed); use --model xs or wider")
+    elif cfg.init != "random":
         if not Path(cfg.init).is_file():
             raise FlashdecodeError(f"--init {cfg.init}: choose random, teacher, or the path of a decoder .safetensors")
         from ..checkpoint import read_metadata
