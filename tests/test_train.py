@@ -104,6 +104,8 @@ def test_fine_tuning_starts_where_the_checkpoint_left_off(tmp_path):
     assert r.returncode == 0, r.stderr
     evals = json.loads((second / "summary.json").read_text())["evals"]
     assert evals[0]["step"] == 0 and evals[0]["psnr"] == pytest.approx(start[-1]["psnr"], abs=1e-3)
+    lineage = read_metadata(second / "decoder.safetensors")["provenance"]
+    assert lineage["init"] == str(first / "decoder.safetensors") and lineage["init_provenance"]["steps"] == 30
     r = flashdecode_cli(*[a if a != "tiny" else "xs" for a in common], "--init", first / "decoder.safetensors",
                         "--out", tmp_path / "third", env=env)
     assert r.returncode == 2 and "error: --init" in r.stderr and "--model tiny" in r.stderr

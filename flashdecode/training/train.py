@@ -194,8 +194,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise FlashdecodeError(f"--pixel-loss {cfg.pixel_loss!r}: choose l1 or mse")
 
 
-def init_from_checkpoint(model, path, latent_space: str) -> None:
-    """Fine-tune: start from a flashdecode checkpoint of the same variant and latent space (float16 files too)."""
+def init_from_checkpoint(model, path, latent_space: str) -> dict:
+    """Fine-tune: start from a flashdecode checkpoint of the same variant and latent space (float16 files too).
+    Returns the checkpoint's provenance, which the new run's checkpoints carry on (what the start was trained on)."""
     from ..checkpoint import check_fits, load_checkpoint, load_weights, read_metadata
 
     meta = read_metadata(path)  # format and variant were checked by check_config
@@ -205,6 +206,7 @@ def init_from_checkpoint(model, path, latent_space: str) -> None:
     check_fits(path, model.config)  # names and shapes from the header, before a tensor is read
     state, _ = load_checkpoint(path)
     load_weights(model, state, path)
+    return meta.get("provenance") or {}
 
 
 def train(cfg: TrainConfig, console=None) -> Path:
@@ -239,8 +241,9 @@ def train(cfg: TrainConfig, console=None) -> Path:
         from .linear_init import init_from_linear_teacher
 
         init_from_linear_teacher(model, teacher)
-    elif cfg.init != "random":
-        init_from_checkpoint(model, cfg.init, space)
+    init_provenance = None
+    if cfg.init not in ("random", "teacher"):
+        init_provenance = init_from_checkpoint(model, cfg.init, space)
     latent_frames = 1 + (cfg.frames - 1) // 4
     gh, gw = (n // mcfg.pixel_patch for n in cfg.size)  # one token per 16x16 pixels
     checkpointing = (needs_checkpointing(mcfg, cfg.batch, latent_frames, gh, gw) if cfg.grad_checkpoint is None
@@ -306,7 +309,9 @@ def train(cfg: TrainConfig, console=None) -> Path:
     def save_decoder(metrics: dict) -> Path:
         provenance = {"teacher": cfg.teacher, "data": [str(d) for d in cfg.data], "holdout": cfg.holdout,
                       "steps": step, "size": list(cfg.size), "frames": cfg.frames, "clips": cfg.clips,
-                      "world_size": world, "eval": metrics, "date": time.strftime("%Y-%m-%d")}
+                      "world_size": world, "eval": metrics, "date": time.strftime("%Y-%m-%d"), "init": cfg.init}
+        if init_provenance is not None:  # a fine-tune: the lineage of its start travels with it
+            provenance["init_provenance"] = init_provenance
         return save_checkpoint(out / "decoder.safetensors", ema.module, space, provenance)
 
     def eval_and_save() -> None:
