@@ -51,36 +51,13 @@ trap 'rm -rf "$WORK"' EXIT
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # flashdecode from this tree, no install needed
 
 exec > >(tee -a "$RESULTS/gpu.log") 2>&1
-step() { echo; echo "== $* ($(date -u +%H:%M:%S), ${SECONDS}s in)"; }
 DEADLINE=${DEADLINE_S:-470}
-limited() {  # limited SECONDS CMD...: CMD under `timeout`, cut to what is left before the deadline
-  local limit=$1 left=$((DEADLINE - SECONDS))
-  shift
-  ((left < limit)) && limit=$left
-  if ((limit < 10)); then echo "skipped, the ${DEADLINE} s deadline is reached: $*"; return 124; fi
-  timeout "$limit" "$@"
-}
+source benchmarks/gpu_common.sh  # step, limited, describe_machine, install_wheels
 optional_plot() { [ -z "${NO_PLOT:-}" ] && "$PY" -c "import matplotlib" 2>/dev/null && echo --plot "$RESULTS/$1.png"; }
 
-step "machine"
-{ nvidia-smi -L && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } \
-  > "$RESULTS/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed (no NVIDIA driver here?)" >> "$RESULTS/nvidia-smi.txt"
-cat "$RESULTS/nvidia-smi.txt"
-git rev-parse HEAD 2>/dev/null || true
-"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+describe_machine
 
-if [ -z "${SKIP_INSTALL:-}" ]; then
-  step "install PyAV and diffusers (offline, from $WHEELS/)"
-  if compgen -G "$WHEELS/*.whl" > /dev/null; then
-    # --no-deps --target: nothing already installed (torch, numpy, ...) is touched or re-resolved
-    SITE="$WORK/site"
-    limited 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
-      && export PYTHONPATH="$PYTHONPATH:$SITE" \
-      || echo "pip install from $WHEELS/ failed: bench still runs where av and diffusers import"
-  else
-    echo "no wheels in $WHEELS/: run benchmarks/prepare_gpu_run.sh first (see benchmarks/README.md)"
-  fi
-fi
+install_wheels
 "$PY" -c "import av, diffusers; print('av', av.__version__, 'diffusers', diffusers.__version__)" \
   || echo "av or diffusers does not import: the end-to-end or baseline rows will fail"
 

@@ -66,37 +66,13 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # flashdecode from this tre
 export COLUMNS=200  # rich's log lines unwrapped (train_targets.py reads the steps/s of each log window)
 
 exec > >(tee -a "$RESULTS/gpu_train.log") 2>&1
-step() { echo; echo "== $* ($(date -u +%H:%M:%S), ${SECONDS}s in)"; }
 DEADLINE=${DEADLINE_S:-270}
-limited() {  # limited SECONDS CMD...: CMD under `timeout`, cut to what is left before the deadline
-  local limit=$1 left=$((DEADLINE - SECONDS))
-  shift
-  ((left < limit)) && limit=$left
-  if ((limit < 10)); then echo "skipped, the ${DEADLINE} s deadline is reached: $*"; return 124; fi
-  timeout "$limit" "$@"
-}
+source benchmarks/gpu_common.sh  # step, limited, describe_machine, install_wheels
 
-step "machine"
-{ nvidia-smi -L && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; } \
-  > "$RESULTS/nvidia-smi.txt" 2>&1 || echo "nvidia-smi failed (no NVIDIA driver here?)" >> "$RESULTS/nvidia-smi.txt"
-cat "$RESULTS/nvidia-smi.txt"
-git rev-parse HEAD 2>/dev/null || true
-git status --short -- flashdecode 2>/dev/null | head -20  # uncommitted library changes travel too: name them
-"$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+describe_machine
 ls -l "$MEDIA" || echo "no $MEDIA/: run benchmarks/prepare_gpu_run.sh first and carry it (see benchmarks/README.md)"
 
-if [ -z "${SKIP_INSTALL:-}" ]; then
-  step "install PyAV and diffusers (offline, from $WHEELS/)"
-  if compgen -G "$WHEELS/*.whl" > /dev/null; then
-    # --no-deps --target: nothing already installed (torch, numpy, ...) is touched or re-resolved
-    SITE="$WORK/site"
-    limited 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
-      && export PYTHONPATH="$PYTHONPATH:$SITE" \
-      || echo "pip install from $WHEELS/ failed: training still runs where av imports"
-  else
-    echo "no wheels in $WHEELS/: run benchmarks/prepare_gpu_run.sh first (see benchmarks/README.md)"
-  fi
-fi
+install_wheels
 "$PY" -c "import av; print('av', av.__version__)" || echo "av does not import: no clip can be read, every run will fail"
 
 # The latent caches of steps 4 and 5 (what `train` would encode before its first step), built now in the
