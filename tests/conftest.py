@@ -1,3 +1,4 @@
+import signal
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,11 @@ SHARED = REPO.parent / "shared"
 
 
 def pytest_configure(config):
+    # A suite started in the background of a non-interactive shell (`pytest &`, nohup) inherits SIGINT ignored, and
+    # so would every decoder it starts: the Ctrl-C tests would wait on a child that never sees their SIGINT. A
+    # caught signal is reset to the default in a child at exec, where Python installs its KeyboardInterrupt.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
 
 
