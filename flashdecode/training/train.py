@@ -228,13 +228,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
 
     teacher = load_teacher(cfg.teacher, cfg.vae, device=device)
     space = teacher.latent_space.name
-    clips = VideoClips(cfg.data, frames=cfg.frames, size=tuple(cfg.size), num_clips=cfg.clips, seed=cfg.seed,
-                       holdout=cfg.holdout)
-    dataset = LatentCache(clips, teacher, out / "latent-cache", console=console, uint8_pixels=True)
-    dataset.build(rank, world)  # encode once (shards split across ranks); later epochs and runs read the cache
-    if world > 1:
-        dist.barrier()
-
+    # The model and its start before the clips are encoded: a checkpoint that does not fit is one line, not minutes in.
     mcfg = ModelConfig.build(cfg.model, space)
     model = build_model(mcfg, device, seed=cfg.seed)
     if cfg.init == "teacher":
@@ -244,6 +238,13 @@ def train(cfg: TrainConfig, console=None) -> Path:
     init_provenance = None
     if cfg.init not in ("random", "teacher"):
         init_provenance = init_from_checkpoint(model, cfg.init, space)
+    clips = VideoClips(cfg.data, frames=cfg.frames, size=tuple(cfg.size), num_clips=cfg.clips, seed=cfg.seed,
+                       holdout=cfg.holdout)
+    dataset = LatentCache(clips, teacher, out / "latent-cache", console=console, uint8_pixels=True)
+    dataset.build(rank, world)  # encode once (shards split across ranks); later epochs and runs read the cache
+    if world > 1:
+        dist.barrier()
+
     latent_frames = 1 + (cfg.frames - 1) // 4
     gh, gw = (n // mcfg.pixel_patch for n in cfg.size)  # one token per 16x16 pixels
     checkpointing = (needs_checkpointing(mcfg, cfg.batch, latent_frames, gh, gw) if cfg.grad_checkpoint is None
