@@ -76,18 +76,17 @@ install_wheels
 "$PY" -c "import av; print('av', av.__version__)" || echo "av does not import: no clip can be read, every run will fail"
 
 # The latent caches of steps 4 and 5 (what `train` would encode before its first step), built now in the
-# background: the same VideoClips and LatentCache arguments as flashdecode/training/train.py, so `train` finds
+# background through train.py's own latent_cache(), so `train` finds
 # every shard done (its log then has no "encoding N of M shards" line). Shards are written atomically: a
 # shard `train` still misses is encoded by `train` itself.
 PREBUILD_PY='import sys
 from pathlib import Path
-from flashdecode.training.latent_cache import LatentCache
 from flashdecode.training.teachers import load_teacher
-from flashdecode.training.video_data import VideoClips
+from flashdecode.training.train import TrainConfig, latent_cache
 out, size, frames, clips, rank, world, holdout, *data = sys.argv[1:]
-h, w = (int(v) for v in size.split("x"))
-vc = VideoClips(data, frames=int(frames), size=(h, w), num_clips=int(clips), seed=0, holdout=[holdout])
-n = LatentCache(vc, load_teacher("demo", device="cpu"), Path(out) / "latent-cache", uint8_pixels=True).build(int(rank), int(world))
+cfg = TrainConfig(data=data, out=out, size=tuple(int(v) for v in size.split("x")), frames=int(frames),
+                  clips=int(clips), holdout=[holdout])
+n = latent_cache(cfg, load_teacher("demo", device="cpu")).build(int(rank), int(world))
 print(f"prebuilt {n} shards of {Path(out).name}/latent-cache ({clips} clips at {size}, part {int(rank) + 1} of {world})")'
 CORES=$(nproc 2>/dev/null || echo 2)
 PREBUILD_PROCS=${PREBUILD_PROCS:-$(( CORES >= 8 ? CORES / 4 : 1 ))}

