@@ -241,12 +241,12 @@ def train(cfg: TrainConfig, console=None) -> Path:
     # The model and its start before the clips are encoded: a checkpoint that does not fit is one line, not minutes in.
     mcfg = ModelConfig.build(cfg.model, space)
     model = build_model(mcfg, device, seed=cfg.seed)
+    init_provenance = None  # a checkpoint's own provenance, when the run fine-tunes one
     if cfg.init == "teacher":
         from .linear_init import init_from_linear_teacher
 
         init_from_linear_teacher(model, teacher)
-    init_provenance = None
-    if cfg.init not in ("random", "teacher"):
+    elif cfg.init != "random":
         init_provenance = init_from_checkpoint(model, cfg.init, space)
     dataset = latent_cache(cfg, teacher, console)
     dataset.build(rank, world)  # encode once (shards split across ranks); later epochs and runs read the cache
