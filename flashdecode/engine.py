@@ -25,6 +25,18 @@ FP8_NAMES = ("fp8", torch.float8_e4m3fn)
 # compile=True is for long videos and servers that decode many clips of one size.
 COMPILE_BY_DEFAULT = False
 
+# The other decoder families, by --model name: (module, latent space). Each module offers `load(model, weights,
+# device, dtype)` returning an object with the streaming interface below (see `Decoder`): name, latent_space,
+# device, dtype, precision, random_weights, metadata, stream, decode, check, reset, pixel_size, num_parameters,
+# weight_bytes, flops_per_latent_frame and estimate_memory. The pipeline, bench, eval, batch and diffusers paths
+# know only that interface.
+FAMILIES: dict[str, tuple[str, str]] = {
+    "wan2.1-vae": ("wan_vae", "wan2.1"),  # the stock Wan VAE decoder, streamed through its causal cache
+    "wan2.2-vae": ("wan_vae", "wan2.2"),
+    "taew2.1": ("taehv", "wan2.1"),  # tiny decoders of the TAEHV family
+    "taew2.2": ("taehv", "wan2.2"),
+}
+
 
 def resolve_device(device=None) -> torch.device:
     """A usable torch device; one clear FlashdecodeError for a name torch does not know, `meta` (no data),
@@ -74,6 +86,11 @@ class Decoder:
         self.device, self.dtype = p.device, p.dtype  # dtype: what the model computes in (bf16 for fp8)
         self.precision = precision or str(self.dtype).removeprefix("torch.")  # "fp8", "bfloat16", ...
 
+    @property
+    def name(self) -> str:
+        """The --model name: tiny, xs, s, b, l, xl."""
+        return self.config.name
+
     def num_parameters(self) -> int:
         return count_parameters(self.config)  # fp8 weights are buffers, so count what the config holds
 
@@ -87,6 +104,27 @@ class Decoder:
     def pixel_size(self, h: int, w: int) -> tuple[int, int]:
         s = self.latent_space.spatial
         return h * s, w * s
+
+    def estimate_memory(self, batch: int, h: int, w: int) -> dict:
+        """Rough peak bytes to decode a batch on an h x w latent grid: {part: bytes, ..., "total": bytes}.
+
+        weights + KV ring buffers (depth x K,V x (W+1) frames) + the widest live activations (the refinement
+        stage holds 4N tokens; a block keeps ~12 d-wide values per token alive: x, norm, q/k/v/o, SwiGLU's
+        8d gate/up) + the pixel chunk (float32 render, clamp, uint8 copies: ~13 bytes per pixel value), all
+        x1.25 for allocator slack. It assumes a fused attention kernel (SDPA flash/efficient or flash-attn),
+        i.e. no N x N score matrix.
+        """
+        c, e = self.config, self.dtype.itemsize
+        tokens = (h // c.patch) * (w // c.patch)
+        H, W = self.pixel_size(h, w)
+        parts = {
+            "weights": self.num_parameters() * e,
+            "kv_cache": c.depth * 2 * batch * c.kv_heads * (c.window + 1) * tokens * c.head_dim * e,
+            "activations": batch * c.time_up * tokens * 12 * c.dim * e,
+            "pixels": batch * c.time_up * 3 * H * W * 13,
+        }
+        parts["total"] = int(1.25 * sum(parts.values()))
+        return parts
 
     def reset(self) -> None:
         """Forget the previous video (the next frame is a first frame)."""
@@ -201,6 +239,8 @@ def load_decoder(model: str | None = "s", latent_space: str | None = None, weigh
     fp8 tensor-core GEMMs on compute capability 8.9+, dequantized elsewhere). Default bf16 on GPU, fp32 on CPU.
     compile: torch.compile the per-frame step (True/False); None = COMPILE_BY_DEFAULT (eager, see why there).
     """
+    if model in FAMILIES:
+        return load_family(model, latent_space, weights, device, dtype)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     fp8 = dtype in FP8_NAMES
@@ -208,7 +248,7 @@ def load_decoder(model: str | None = "s", latent_space: str | None = None, weigh
         raise FlashdecodeError(f"compile must be True, False or None (the default), not {compile!r}")
     backend_name = pick_backend(backend, dev, dt)  # an unknown backend fails here, before any loading
     if model is not None and model not in VARIANTS:
-        raise FlashdecodeError(f"unknown model {model!r}; choose one of {', '.join(VARIANTS)}")
+        raise FlashdecodeError(f"unknown model {model!r}; choose one of {', '.join([*VARIANTS, *FAMILIES])}")
     if latent_space is not None:
         try:
             get_latent_space(latent_space)
@@ -251,6 +291,17 @@ def load_decoder(model: str | None = "s", latent_space: str | None = None, weigh
     if COMPILE_BY_DEFAULT if compile is None else compile:
         net.compile_frame()
     return Decoder(net, space, random_weights=weights == "random", metadata=meta, precision="fp8" if fp8 else None)
+
+
+def load_family(model: str, latent_space: str | None, weights, device, dtype):
+    """A decoder of another family (FAMILIES): the stock Wan VAE or a tiny TAEHV decoder, same interface."""
+    import importlib
+
+    module, space = FAMILIES[model]
+    if latent_space not in (None, "auto", space):
+        raise FlashdecodeError(f"--model {model} decodes {space} latents, not {latent_space}; drop --latent-space "
+                               "or pick the matching model")
+    return importlib.import_module(f".{module}", __package__).load(model, weights=weights, device=device, dtype=dtype)
 
 
 __all__ = ["Decoder", "load_decoder", "build_model", "init_weights", "count_parameters"]

@@ -1,6 +1,6 @@
 """Memory: refuse work that cannot fit, before allocating it.
 
-`estimate_memory` is an upper-leaning estimate of a decode's peak; `available_memory` reads what is free
+Each decoder family estimates its own peak (`decoder.estimate_memory`, upper-leaning); `available_memory` reads what is free
 (or $FLASHDECODE_AVAILABLE_MEMORY); `check_memory` raises one FlashdecodeError line when a decode will not
 fit, and `check_host_memory` does the same for any size a file, a stream or an option claims (checked
 before the allocation, so a 20-byte file that claims a petabyte costs nothing).
@@ -14,29 +14,6 @@ from .errors import FlashdecodeError
 from .progress import format_bytes
 
 MEMORY_ENV = "FLASHDECODE_AVAILABLE_MEMORY"  # bytes (or 512M / 4G) to assume free instead of measuring
-
-
-def estimate_memory(decoder, batch: int, h: int, w: int) -> dict:
-    """Rough peak bytes to decode a batch on an h x w latent grid (an upper-leaning estimate).
-
-    weights + KV ring buffers (depth x K,V x (W+1) frames) + the widest live activations (the refinement
-    stage holds 4N tokens; a block keeps ~12 d-wide values per token alive: x, norm, q/k/v/o, SwiGLU's
-    8d gate/up) + the pixel chunk (float32 render, clamp, uint8 copies: ~13 bytes per pixel value), all
-    x1.25 for allocator slack. It assumes a fused attention kernel (SDPA flash/efficient or flash-attn),
-    i.e. no N x N score matrix.
-    """
-    c = decoder.config
-    e = decoder.dtype.itemsize
-    tokens = (h // c.patch) * (w // c.patch)
-    H, W = decoder.pixel_size(h, w)
-    parts = {
-        "weights": decoder.num_parameters() * e,
-        "kv_cache": c.depth * 2 * batch * c.kv_heads * (c.window + 1) * tokens * c.head_dim * e,
-        "activations": batch * c.time_up * tokens * 12 * c.dim * e,
-        "pixels": batch * c.time_up * 3 * H * W * 13,
-    }
-    parts["total"] = int(1.25 * sum(parts.values()))
-    return parts
 
 
 def _parse_bytes(text: str) -> int:
@@ -103,7 +80,7 @@ def cgroup_free_memory(root: str | None = None) -> int | None:
 
 
 def check_memory(decoder, batch: int, h: int, w: int) -> None:
-    need = estimate_memory(decoder, batch, h, w)
+    need = decoder.estimate_memory(batch, h, w)
     free = available_memory(decoder.device)
     if free is None:
         return
@@ -112,7 +89,7 @@ def check_memory(decoder, batch: int, h: int, w: int) -> None:
         H, W = decoder.pixel_size(h, w)
         fix = "decode one item with --batch-index, " if batch > 1 else ""
         raise FlashdecodeError(
-            f"decoding a {h}x{w} latent grid ({W}x{H} px, batch {batch}) with model {decoder.config.name!r} needs about "
+            f"decoding a {h}x{w} latent grid ({W}x{H} px, batch {batch}) with model {decoder.name!r} needs about "
             f"{format_bytes(need['total'])} on {decoder.device} but only {format_bytes(free + resident)} is available; "
             f"{fix}use a smaller --model or lower resolution, or another --device")
 

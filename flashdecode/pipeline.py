@@ -116,7 +116,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     `weights`, `dtype` and `compile` are then its own.
     """
     from .checkpoint import read_metadata
-    from .engine import load_decoder, resolve_device
+    from .engine import FAMILIES, load_decoder, resolve_device
     from .latents_io import open_latents
     from .memory import check_memory
     from .progress import DecodeProgress
@@ -133,7 +133,10 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     if json_path is not None:
         check_json_path(json_path)
     dev = resolve_device(device)
-    weights_meta = read_metadata(weights) if weights not in (None, "random") else {}
+    if model in FAMILIES:  # the stock Wan VAE / a TAEHV file: the model names the latent space
+        weights_meta = {"latent_space": FAMILIES[model][1]}
+    else:
+        weights_meta = read_metadata(weights) if weights not in (None, "random") else {}
     space_hint = latent_space if latent_space in LATENT_SPACES else weights_meta.get("latent_space")
     channels = {LATENT_SPACES[space_hint].channels} if space_hint in LATENT_SPACES else None
 
@@ -217,7 +220,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
                            f" -> {where}" if status == "ok" else f"; {where} holds {written} frames")
     H, W = decoder.pixel_size(h, w)
     summary = {"status": status, "input": latents.name, "outputs": outputs, "frames": written,
-               "width": W, "height": H, "fps": fps, "batch": len(items), "model": decoder.config.name,
+               "width": W, "height": H, "fps": fps, "batch": len(items), "model": decoder.name,
                "latent_space": space, "dtype": decoder.precision,
                "random_weights": decoder.random_weights, "parameters": decoder.num_parameters(), **stats}
     if failure is not None:
