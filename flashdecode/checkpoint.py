@@ -128,15 +128,20 @@ def check_fits(path, config: ModelConfig) -> None:
                                " it is not a flashdecode checkpoint")
 
 
+def check_finite(state: dict[str, torch.Tensor], source, remedy: str) -> None:
+    """One line naming the first tensor holding NaN or Inf, then `remedy`: a NaN weight otherwise makes a
+    silent all-black video (a decoder) or NaN latents (a teacher)."""
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        more = f" (and {len(not_finite) - 1} more tensors)" if len(not_finite) > 1 else ""
+        raise FlashdecodeError(f"{source} holds NaN or Inf values in {not_finite[0]}{more}; {remedy}")
+
+
 def load_weights(model: FlashDecoder, state: dict[str, torch.Tensor], source) -> None:
     """Copy `state` into `model`, checking every name and shape and that every value is finite; one line
     says what is wrong (a NaN/Inf weight would otherwise make a silent all-black video)."""
     _check_shapes(model.config, {k: v.shape for k, v in state.items()}, source)
-    not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if not_finite:
-        more = f" (and {len(not_finite) - 1} more tensors)" if len(not_finite) > 1 else ""
-        raise FlashdecodeError(f"{source} holds NaN or Inf values in {not_finite[0]}{more}; the checkpoint is "
-                               "corrupt (or its training diverged): use an earlier checkpoint or re-train")
+    check_finite(state, source, "the checkpoint is corrupt (or its training diverged): use an earlier checkpoint or re-train")
     expected = model.state_dict()
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 

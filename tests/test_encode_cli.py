@@ -110,3 +110,17 @@ def test_input_and_output_errors(tmp_path):
         assert result.exit_code == 2 and message in result.stderr
     result = encode("-o", tmp_path / "z.pt")
     assert result.exit_code == 2 and "unknown output extension" in result.stderr
+
+
+def test_latents_that_are_not_finite_are_never_written():
+    """The last guard before a file: a teacher that makes NaN/Inf (or a value past float16's range) is one line."""
+    from flashdecode.cli.encode import finite_frames
+    from flashdecode.errors import FlashdecodeError
+
+    good, bad = torch.zeros(1, 48, 2, 2), torch.zeros(1, 48, 2, 2)
+    bad[0, 3, 1, 1] = float("nan")
+    with pytest.raises(FlashdecodeError, match="NaN or Inf latents in latent frame 1; its weights are corrupt"):
+        list(finite_frames(iter([good, bad]), torch.float32, "demo-pca"))
+    with pytest.raises(FlashdecodeError, match="float16's range"):
+        list(finite_frames(iter([good + 1e5]), torch.float16, "wan2.1"))
+    assert [z.dtype for z in finite_frames(iter([good, good]), torch.float16, "demo-pca")] == [torch.float16] * 2

@@ -603,6 +603,132 @@ def test_abuse(case: Case, tmp_path, request):
             assert not path.exists() or json.loads(path.read_text())["status"] != "ok", path.read_text()
 
 
+# -- hostile teacher and training-state files (issue 19, class 6) ------------------------------------------
+# A teacher file is checked like a decoder checkpoint (names, dtypes, shapes, metadata, values) before a frame
+# is read; a train_state.pt is read as tensors only (never unpickled) and checked before a clip is encoded.
+
+TEACHER = REPO / "weights" / "demo-pca-teacher.safetensors"
+
+
+def teacher_file(change=None, **meta) -> bytes:
+    """The bundled demo teacher, its tensors changed by `change(state)` and its metadata by `meta`."""
+    from safetensors import safe_open
+
+    with safe_open(str(TEACHER), "pt") as f:
+        state, metadata = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    if change is not None:
+        change(state)
+    return st(state, {**metadata, **meta})
+
+
+def set_entry(key, index, value):
+    def change(state):
+        state[key] = state[key].clone()
+        state[key].view(-1)[index] = value
+    return change
+
+
+def train_state(model=None, nan=False, **entries) -> bytes:
+    """A train_state.pt as `train` writes it for `--model tiny --teacher demo` (NaN weights on request), with
+    entries replaced; its optimizer state is empty (a state for no parameters)."""
+    from flashdecode.engine import load_decoder
+
+    if model is None:
+        model = load_decoder("tiny", "demo", weights="random", device="cpu", dtype="fp32", compile=False).model.state_dict()
+        if nan:
+            next(iter(model.values())).view(-1)[0] = float("nan")
+    buf = io.BytesIO()
+    torch.save({"model": model, "ema": {}, "opt": {"state": {}, "param_groups": []}, "sched": {}, "step": 3,
+                "best": None, "evals": [], **entries}, buf)
+    return buf.getvalue()
+
+
+def tiny_vae_file(nan=False) -> bytes:
+    """A tiny random Wan2.1 VAE's state dict as one .safetensors file (a NaN in it on request)."""
+    from flashdecode.training.teachers import tiny_wan_vae
+
+    state = {k: v.contiguous() for k, v in tiny_wan_vae("wan2.1").state_dict().items()}
+    if nan:
+        state["decoder.conv_out.weight"].view(-1)[0] = float("nan")
+    return st(state)
+
+
+ENC = ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--size", "32x32", "--frames", "5"]
+TW = ["--teacher-weights", "{tmp}/t.safetensors"]
+NO_Z = {"z.npy": "absent"}
+RESUME = ["train", str(CLIP), "--out", "{tmp}/run", "--size", "32x32", "--frames", "5", "--model", "tiny", "--clips", "2",
+          "--steps", "1", "--resume"]
+NO_CACHE = {"run/latent-cache": "absent"}  # refused before a clip was encoded
+
+TEACHER_AND_STATE_CASES = [
+    C("encode-teacher-weights-ok-control", [*ENC, *TW, "-q"], files={"t.safetensors": teacher_file}, code=0, error=None),
+    C("encode-teacher-std-nan", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(set_entry("group_std", 3, float("nan")))},
+      error="NaN or Inf values in group_std", left=NO_Z),
+    C("encode-teacher-std-zero", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(set_entry("group_std", 0, 0.0))},
+      error="group_std\\[0\\] is 0", left=NO_Z),
+    C("encode-teacher-std-negative", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(set_entry("group_std", 5, -1.0))},
+      error="group_std\\[5\\]", left=NO_Z),
+    C("encode-teacher-mean-inf", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(set_entry("group_mean", 7, float("inf")))},
+      error="NaN or Inf values in group_mean", left=NO_Z),
+    C("encode-teacher-mean-huge", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(set_entry("group_mean", 7, 3e38))},
+      error="pixel range", left=NO_Z),
+    C("encode-teacher-basis-zero", [*ENC, *TW],
+      files={"t.safetensors": lambda: teacher_file(lambda s: s.update(group_basis=torch.zeros(48, 3072)))},
+      error="not orthonormal", left=NO_Z),
+    C("encode-teacher-basis-wrong-shape", [*ENC, *TW],
+      files={"t.safetensors": lambda: teacher_file(lambda s: s.update(group_basis=s["group_basis"][:, :100].contiguous()))},
+      error="group_basis is \\[48, 100\\] in the file, \\[48, 3072\\]", left=NO_Z),
+    C("encode-teacher-too-few-components", [*ENC, *TW],
+      files={"t.safetensors": lambda: teacher_file(lambda s: s.update(group_basis=s["group_basis"][:16].contiguous(),
+                                                                      group_std=s["group_std"][:16].contiguous()))},
+      error="48 components", left=NO_Z),
+    C("encode-teacher-tensor-missing", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(lambda s: s.pop("group_mean"))},
+      error="group_mean missing", left=NO_Z),
+    C("encode-teacher-tensor-extra", [*ENC, *TW],
+      files={"t.safetensors": lambda: teacher_file(lambda s: s.update(backdoor=torch.zeros(3)))},
+      error="backdoor unexpected", left=NO_Z),
+    C("encode-teacher-int-tensor", [*ENC, *TW],
+      files={"t.safetensors": lambda: teacher_file(lambda s: s.update(group_std=s["group_std"].to(torch.int32)))},
+      error="group_std as I32, not floating point", left=NO_Z),
+    *[C(f"encode-teacher-patch-{name}", [*ENC, *TW], files={"t.safetensors": lambda v=value: teacher_file(patch=v)},
+        error=words, left=NO_Z)
+      for name, value, words in [("junk", "sixteen", "patch metadata 'sixteen'"), ("zero", "0", "patch metadata '0'"),
+                                 ("negative", "-16", "patch metadata '-16'"), ("huge", "9" * 30, "patch metadata"),
+                                 ("other", "8", "for 48 components of 8x8 patches")]],
+    C("encode-teacher-components-junk", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(components="many")},
+      error="components metadata", left=NO_Z),
+    C("encode-vae-file-nan", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae.safetensors"],
+      files={"vae.safetensors": lambda: tiny_vae_file(nan=True)}, error="NaN or Inf values in decoder.conv_out.weight",
+      left=NO_Z),
+    C("encode-vae-file-wrong-shapes", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae.safetensors"],
+      files={"vae.safetensors": tiny_vae_file}, error="in the file", left=NO_Z),  # a tiny VAE is not the real Wan2.1
+    C("encode-vae-pth-not-a-state-dict", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae.pth"],
+      files={"vae.pth": lambda: (lambda b: (torch.save([1, 2], b), b.getvalue())[1])(io.BytesIO())},
+      error="not a state dict", left=NO_Z),
+    C("train-resume-pickled-state-never-run", RESUME, files={"run/train_state.pt": lambda: evil_pth(True)},
+      env={"ROBUSTNESS_PWNED": "{tmp}/pwned"}, error="never unpickled", left={"pwned": "absent", **NO_CACHE}),
+    C("train-resume-legacy-pickle-never-run", RESUME, files={"run/train_state.pt": lambda: evil_pth(False)},
+      env={"ROBUSTNESS_PWNED": "{tmp}/pwned"}, error="train_state.pt", left={"pwned": "absent", **NO_CACHE}),
+    C("train-resume-junk", RESUME, files={"run/train_state.pt": b"junk" * 10}, error="not a file torch.save wrote",
+      left={"run/train_state.pt": "untouched", **NO_CACHE}),
+    C("train-resume-not-a-dict", RESUME, files={"run/train_state.pt": lambda: (lambda b: (torch.save([1], b), b.getvalue())[1])(io.BytesIO())},
+      error="no 'model'", left=NO_CACHE),
+    C("train-resume-step-junk", RESUME, files={"run/train_state.pt": lambda: train_state(step="3")}, error="malformed",
+      left=NO_CACHE),
+    C("train-resume-other-model", RESUME, files={"run/train_state.pt": lambda: train_state(model={"w": torch.zeros(2)})},
+      error="does not fit model 'tiny'", left=NO_CACHE),
+    C("train-resume-nan-weights", RESUME, files={"run/train_state.pt": lambda: train_state(nan=True)}, error="NaN or Inf",
+      left=NO_CACHE),
+    C("train-resume-optimizer-for-other-parameters", RESUME, files={"run/train_state.pt": train_state},
+      error="optimizer state", left={"run/decoder.safetensors": "absent"}),
+]
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in TEACHER_AND_STATE_CASES])
+def test_hostile_teacher_and_state_files(case: Case, tmp_path, request):
+    test_abuse(case, tmp_path, request)
+
+
 # -- the Python API: ValueError/FlashdecodeError with one sentence, never a deep torch error ---------------
 
 @pytest.fixture(scope="module")

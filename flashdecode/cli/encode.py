@@ -74,6 +74,22 @@ def write_latents(path: Path, latents, metadata: dict) -> None:
         raise FlashdecodeError(f"cannot write {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
+def finite_frames(latent_frames, dtype, teacher: str):
+    """Latent frames cast to the output dtype, each checked before it is written: a teacher that makes NaN or Inf
+    (corrupt weights, or values past float16's range) is one line, never a file of NaN latents and exit 0."""
+    import torch
+
+    from ..errors import FlashdecodeError
+
+    for i, z in enumerate(latent_frames):
+        z = z.to(dtype)
+        if not bool(torch.isfinite(z).all()):
+            why = "its weights are corrupt, or the values pass float16's range (try --dtype float32)" \
+                if dtype == torch.float16 else "its weights are corrupt"
+            raise FlashdecodeError(f"the {teacher} teacher made NaN or Inf latents in latent frame {i}; {why}")
+        yield z
+
+
 def pixel_chunks(video, start: int, frames: int, size, device):
     """[1, 3, t, H, W] chunks in [-1, 1]: the first frame alone, then 4 frames at a time (the causal latent grouping)."""
     import torch
@@ -144,7 +160,7 @@ def encode(
 
     enc = load_teacher(teacher, vae if teacher != "demo" else teacher_weights, device=dev)
     out_dtype = getattr(torch, dtype)
-    latent_frames = enc.encode_stream(pixel_chunks(video, start, n, target, dev))
+    latent_frames = finite_frames(enc.encode_stream(pixel_chunks(video, start, n, target, dev)), out_dtype, enc.name)
 
     if output == "-":
         stdout = sys.stdout.buffer
@@ -153,13 +169,13 @@ def encode(
             # via bytes, not write_array(stdout): numpy's tofile on a closed pipe raises a bare OSError, where
             # a write raises BrokenPipeError (exit 141, quietly, like decode)
             frame = io.BytesIO()
-            np.lib.format.write_array(frame, z[0].to(out_dtype).cpu().numpy(), allow_pickle=False)
+            np.lib.format.write_array(frame, z[0].cpu().numpy(), allow_pickle=False)
             stdout.write(frame.getbuffer())
             stdout.flush()
             count += 1
         shape = [1, enc.latent_space.channels, count, *z.shape[-2:]]
     else:
-        latents = torch.stack(list(latent_frames), dim=2).to(out_dtype).cpu().contiguous()
+        latents = torch.stack(list(latent_frames), dim=2).cpu().contiguous()
         shape = list(latents.shape)
         write_latents(Path(output), latents, metadata={
             "layout": "NCTHW", "latent_space": enc.latent_space.name, "normalized": "true",

@@ -24,6 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..checkpoint import FLOAT_DTYPES, check_finite
 from ..errors import FlashdecodeError
 from ..latent_spaces import get_latent_space
 
@@ -162,14 +163,76 @@ class PCATeacher(torch.nn.Module):
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
+                if meta.get("format") != FORMAT:
+                    raise FlashdecodeError(f"{path} is not a demo PCA teacher (format {meta.get('format')!r}); "
+                                           "pass a file written by `flashdecode fit-demo-teacher`")
+                patch = check_header(path, meta, {k: f.get_slice(k) for k in f.keys()})
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise FlashdecodeError(f"{path} is not a readable safetensors file ({e}); re-make it with "
                                    "`flashdecode fit-demo-teacher`") from None
-        if meta.get("format") != FORMAT:
-            raise FlashdecodeError(f"{path} is not a demo PCA teacher (format {meta.get('format')!r}); "
-                                   "pass a file written by `flashdecode fit-demo-teacher`")
-        return cls(**state, patch=int(meta.get("patch", 16)), metadata=_parse_meta(meta))
+        check_values(path, state)
+        try:
+            teacher = cls(**state, patch=patch, metadata=_parse_meta(meta))
+        except torch.linalg.LinAlgError:  # orthonormal rows that leave the last sub-frame empty
+            raise FlashdecodeError(f"{path}: its basis gives the first frame no encoder (a singular system); "
+                                   f"{REMAKE}") from None
+        check_finite({"first_encoder": teacher.first_encoder}, path, REMAKE)
+        return teacher
+
+
+# ---------------------------------------------------------------------------------------- file checks
+# A teacher file is checked like a decoder checkpoint before use: the names, dtypes and shapes its header
+# claims, then its values. A NaN or zero standard deviation would otherwise make NaN latents and exit 0.
+
+REMAKE = "re-make it with `flashdecode fit-demo-teacher`"
+TENSORS = ("group_mean", "group_basis", "group_std")
+MAX_PATCH = 64  # 64x64 patches: a 48 x 49152 basis (9 MB); larger claims are junk, not teachers
+STD_FLOOR = 1e-7  # the fit floors variances at 1e-12 (std 1e-6); smaller divides pixels into overflowing latents
+
+
+def check_header(path, meta: dict, slices: dict) -> int:
+    """Names, dtypes and shapes from the file's header, against its `patch` metadata: returns the patch size.
+    Nothing is read or allocated until the header is known to describe a teacher."""
+    found = set(slices)
+    problems = [f"{k} missing" for k in TENSORS if k not in found] + [f"{k} unexpected" for k in sorted(found - set(TENSORS))]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise FlashdecodeError(f"{path} is not a complete demo PCA teacher: {problems[0]}{more}; {REMAKE}")
+    patch = meta.get("patch", "16")
+    if not (patch.isdecimal() and 2 <= int(patch) <= MAX_PATCH):
+        raise FlashdecodeError(f"{path} has patch metadata {patch[:40]!r}, not a whole number from 2 to {MAX_PATCH}; "
+                               f"{REMAKE}")
+    patch, channels = int(patch), get_latent_space("demo").channels
+    dim = 3 * GROUP * patch * patch
+    expected = {"group_mean": [dim], "group_basis": [channels, dim], "group_std": [channels]}
+    for k in TENSORS:
+        dtype, shape = slices[k].get_dtype(), list(slices[k].get_shape())
+        if dtype not in FLOAT_DTYPES:
+            raise FlashdecodeError(f"{path} holds {k} as {dtype}, not floating point; {REMAKE}")
+        if shape != expected[k]:
+            raise FlashdecodeError(f"{path}: {k} is {shape} in the file, {expected[k]} for {channels} components of "
+                                   f"{patch}x{patch} patches (its patch metadata); {REMAKE}")
+    if meta.get("components", str(channels)) != str(channels):
+        raise FlashdecodeError(f"{path} has components metadata {meta['components'][:40]!r}, not {channels}; {REMAKE}")
+    return patch
+
+
+def check_values(path, state: dict[str, torch.Tensor]) -> None:
+    """Finite values; standard deviations a latent can be divided by; orthonormal basis rows and a mean inside
+    the pixel range (what a fit makes), so that pixels in [-1, 1] give finite latents of sane size."""
+    check_finite(state, path, REMAKE)
+    std = state["group_std"].double()
+    if bool((std < STD_FLOOR).any()):
+        i = int(std.argmin())
+        raise FlashdecodeError(f"{path}: group_std[{i}] is {std[i].item():.3g}; a standard deviation below "
+                               f"{STD_FLOOR:g} would divide latents by (almost) zero; {REMAKE}")
+    basis = state["group_basis"].double()
+    off = (basis @ basis.T - torch.eye(basis.shape[0], dtype=torch.float64)).abs().max().item()
+    if off > 1e-3:
+        raise FlashdecodeError(f"{path}: the rows of group_basis are not orthonormal (off by {off:.3g}); {REMAKE}")
+    if bool((state["group_mean"].abs() > 1.001).any()):
+        raise FlashdecodeError(f"{path}: group_mean leaves the pixel range [-1, 1]; {REMAKE}")
 
 
 def _parse_meta(meta: dict) -> dict:

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from ..checkpoint import check_finite
 from ..errors import FlashdecodeError
 from ..latent_spaces import LATENT_SPACES, LatentSpace, get_latent_space
 from .demo_codec import PCATeacher
@@ -27,6 +28,7 @@ WAN_CONFIGS = {
                    latents_std=list(LATENT_SPACES["wan2.2"].std)),
 }
 Z_DIM_TO_SPACE = {16: "wan2.1", 48: "wan2.2"}
+CORRUPT_VAE = "the VAE file is corrupt: re-download or re-convert it"
 # A tiny random AutoencoderKLWan of each kind for tests: same shape contract, builds in milliseconds.
 TINY_WAN_CONFIGS = {
     "wan2.1": dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1),
@@ -63,7 +65,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def _z_dim(state: dict[str, torch.Tensor]) -> int:
     for key in ("post_quant_conv.weight", "conv2.weight"):  # diffusers / original Wan naming
-        if key in state:
+        if key in state and state[key].ndim:
             return state[key].shape[0]
     raise FlashdecodeError("the checkpoint has no post_quant_conv/conv2 weight, so it is not a Wan VAE; "
                            "pass a Wan2.1/Wan2.2 VAE file or a diffusers AutoencoderKLWan folder")
@@ -86,15 +88,20 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32):
         if not (folder / "config.json").is_file():
             raise FlashdecodeError(f"{path} has no config.json (nor vae/config.json); pass a diffusers AutoencoderKLWan folder")
         try:
-            return cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False).eval()
+            vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
         except (OSError, ValueError, RuntimeError) as e:
             raise FlashdecodeError(f"cannot load the Wan VAE from {folder}: {str(e).splitlines()[0]}; "
                                    "check it is a complete diffusers AutoencoderKLWan folder") from None
+        check_finite(vae.state_dict(), folder, CORRUPT_VAE)
+        return vae.eval()
     try:
         state = _read_state_dict(path)
     except Exception as e:  # noqa: BLE001  (pickle, safetensors and zip errors all mean the same to the user)
         raise FlashdecodeError(f"cannot read {path} as a checkpoint ({str(e).splitlines()[0]}); "
                                "pass a .safetensors or .pth Wan VAE state dict") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise FlashdecodeError(f"{path} is not a state dict (names -> tensors); pass a .safetensors or .pth Wan VAE "
+                               "state dict")
     if config is None:
         space = Z_DIM_TO_SPACE.get(_z_dim(state))
         if space is None:
@@ -105,8 +112,20 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32):
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
         state = convert_wan_vae_to_diffusers(state)
+    not_float = [k for k, v in state.items() if not v.is_floating_point()]
+    if not_float:
+        raise FlashdecodeError(f"{path} holds {not_float[0]} as {state[not_float[0]].dtype}, not floating point; "
+                               "it is not a Wan VAE checkpoint")
+    check_finite(state, path, CORRUPT_VAE)
     vae = cls(**config)
     # Load strictly: diffusers' from_single_file quietly keeps random weights for missing keys (0.42).
+    expected = vae.state_dict()
+    wrong = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise FlashdecodeError(f"{path}: {wrong[0]} is {list(state[wrong[0]].shape)} in the file, "
+                               f"{list(expected[wrong[0]].shape)} in AutoencoderKLWan({json.dumps(config)[:80]}...)"
+                               f"{more}; pass the Wan VAE the file claims to be, or its diffusers folder")
     missing, unexpected = vae.load_state_dict(state, strict=False)
     if missing or unexpected:
         bad = [f"{k} missing" for k in missing] + [f"{k} unexpected" for k in unexpected]

@@ -209,6 +209,52 @@ def init_from_checkpoint(model, path, latent_space: str) -> dict:
     return meta.get("provenance") or {}
 
 
+TRAIN_STATE_KEYS = ("model", "ema", "opt", "sched", "step")
+
+
+def read_train_state(path: Path, model) -> dict:
+    """--resume: the run's train_state.pt read as plain tensors and containers (weights_only: nothing is unpickled),
+    checked before any clip is encoded: what `train` writes, with model weights that fit `model` and are finite
+    (they are loaded into it). Anything else is one line."""
+    from ..checkpoint import load_weights
+
+    if not path.is_file():
+        raise FlashdecodeError(f"--resume: no {path}; start without --resume or point --out at the run")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001  (pickle, zip and EOF errors all mean: not a state train wrote)
+        import pickle
+
+        # not torch's own message: it offers to unpickle the file if you trust it
+        what = "it holds Python objects besides tensors, which are never unpickled" if isinstance(e, pickle.UnpicklingError) \
+            else "it is not a file torch.save wrote"
+        raise FlashdecodeError(f"--resume: {path} is not a training state flashdecode wrote ({what}); "
+                               "start without --resume or in a new --out") from None
+    missing = [k for k in TRAIN_STATE_KEYS if not isinstance(state, dict) or k not in state]
+    best = None if missing else state.get("best")
+    well_formed = not missing and isinstance(state["model"], dict) and type(state["step"]) is int and state["step"] >= 0 \
+        and all(isinstance(v, torch.Tensor) for v in state["model"].values()) \
+        and isinstance(state.get("evals", []), list) \
+        and (best is None or isinstance(best, dict) and isinstance(best.get("psnr"), float) and "step" in best)
+    if not well_formed:
+        what = f"it has no {missing[0]!r}" if missing else "its model, step, best or evals entry is malformed"
+        raise FlashdecodeError(f"--resume: {path} is not a training state flashdecode wrote ({what}); "
+                               "start without --resume or in a new --out")
+    load_weights(model, state["model"], path)
+    return state
+
+
+def resume_optimizer(path: Path, state: dict, ema, opt, sched) -> None:
+    """The rest of a checked train_state.pt: EMA weights, optimizer and schedule (one line if they do not fit)."""
+    try:
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+    except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise FlashdecodeError(f"--resume: the optimizer state in {path} does not fit this run "
+                               f"({str(e).splitlines()[0][:200]}); start without --resume or in a new --out") from None
+
+
 def latent_cache(cfg: TrainConfig, teacher, console=None):
     """The run's training clips, encoded once by `teacher` into OUT/latent-cache (shards made by .build() or on
     first use); benchmarks/gpu_train.sh builds the same cache ahead of `train` through this."""
@@ -248,6 +294,8 @@ def train(cfg: TrainConfig, console=None) -> Path:
         init_from_linear_teacher(model, teacher)
     elif cfg.init != "random":
         init_provenance = init_from_checkpoint(model, cfg.init, space)
+    state_path = out / "train_state.pt"
+    resumed = read_train_state(state_path, model) if cfg.resume else None  # checked before the clips are encoded
     dataset = latent_cache(cfg, teacher, console)
     dataset.build(rank, world)  # encode once (shards split across ranks); later epochs and runs read the cache
     if world > 1:
@@ -274,16 +322,9 @@ def train(cfg: TrainConfig, console=None) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, cfg.steps))
     step, best = 0, None
     history: list[dict] = []  # every eval: {"step", "psnr", "ssim", ...}
-    state_path = out / "train_state.pt"
-    if cfg.resume:
-        if not state_path.exists():
-            raise FlashdecodeError(f"--resume: no {state_path}; start without --resume or point --out at the run")
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step, best, history = state["step"], state.get("best"), state.get("evals", [])
+    if resumed is not None:
+        resume_optimizer(state_path, resumed, ema, opt, sched)
+        step, best, history = resumed["step"], resumed.get("best"), resumed.get("evals", [])
         console.log(f"resumed {state_path} at step {step}")
     net = DDP(model, broadcast_buffers=False) if world > 1 else model
 
