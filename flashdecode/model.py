@@ -4,8 +4,8 @@ Per latent frame (docs/design.md section 3): patchify + embed -> D pre-norm GQA 
 current frame and the previous W frames through a rolling KV cache -> temporal-first upsampling x4 ->
 2 refinement blocks along the 4 sub-frames -> spatial head + PixelShuffle(16) -> RGB in [-1, 1].
 
-Two entry points compute the same function: `step` (streaming, ring-buffer KV cache, no mask once the
-window is full) and `forward_reference` (whole sequence, explicit block-causal sliding-window mask).
+Two entry points compute the same function: `step` (streaming, ring-buffer KV cache, never a mask: a
+video's first frames attend to the filled prefix of the buffer) and `forward_reference` (whole sequence, explicit block-causal sliding-window mask).
 """
 from __future__ import annotations
 
@@ -184,10 +184,13 @@ class Block(nn.Module):
         self.mlp = SwiGLU(c.dim, 4 * c.dim)
         self.grad_checkpoint = False
 
-    def forward(self, x, q_rope, k_rope, mask=None, cache: KVCache | None = None, index=None, backend="sdpa"):
+    def forward(self, x, q_rope, k_rope, mask=None, cache: KVCache | None = None, index=None, backend="sdpa",
+                filled: int | None = None):
         q, k, v = self.attn.project(self.attn_norm(x))
         if cache is not None:
             k, v = cache.update(index, k, v)
+            if filled is not None:  # a video's first frames: only the buffer's first `filled` rows hold frames
+                k, v = k[:, :, :filled], v[:, :, :filled]
         if self.grad_checkpoint and torch.is_grad_enabled():
             return checkpoint(self._finish, x, q, k, v, q_rope, k_rope, mask, backend, use_reentrant=False)
         return self._finish(x, q, k, v, q_rope, k_rope, mask, backend)
@@ -227,15 +230,16 @@ class FlashDecoder(nn.Module):
         z = z.reshape(B, C, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, (h // p) * (w // p), C * p * p)
         return self.embed(z)
 
-    def grid_rope(self, gh: int, gw: int, t: torch.Tensor, device) -> torch.Tensor:
+    def grid_rope(self, gh: int, gw: int, t: torch.Tensor, device, dtype=torch.float32) -> torch.Tensor:
         """3D RoPE table for frames at time positions t [F]: [2, F*gh*gw, 64] (cos, signed sin), frame-major."""
         tt, hh, ww = torch.meshgrid(t.to(device), torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
-        return rope_table(rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta))
+        angles = rope_3d(tt.flatten(), hh.flatten(), ww.flatten(), self.config.rope_axes, self.config.rope_theta)
+        return rope_table(angles).to(dtype)
 
-    def sub_frame_rope(self, device) -> torch.Tensor:
+    def sub_frame_rope(self, device, dtype=torch.float32) -> torch.Tensor:
         """1D RoPE table over the 4 sub-frame positions, the whole head dim: [2, 4, 64]."""
         c = self.config
-        return rope_table(rope_angles(torch.arange(c.time_up, device=device), c.head_dim, c.rope_theta))
+        return rope_table(rope_angles(torch.arange(c.time_up, device=device), c.head_dim, c.rope_theta)).to(dtype)
 
     def render(self, x: torch.Tensor, gh: int, gw: int, rope: torch.Tensor) -> torch.Tensor:
         """Backbone tokens [F, N, d] -> pixels [F, 3, 4, 16gh, 16gw]: upsample in time, refine, spatial head.
@@ -269,43 +273,49 @@ class FlashDecoder(nn.Module):
         self.caches = [KVCache(batch, c.kv_heads, slots, N, c.head_dim, dtype, device) for _ in self.blocks]
         self.grid, self.batch = (gh, gw), batch
         # Queries sit at time position W; a cached frame of age a at W - a. For each possible current slot,
-        # rotations of the whole buffer in slot order, so a step only indexes a table.
-        self.q_rope = self.grid_rope(gh, gw, torch.tensor([c.window]), device)
+        # rotations of the whole buffer in slot order, so a step only indexes a table. Built once per grid,
+        # in the compute dtype: rotating q and every key window in float32 would be two extra passes a layer.
+        self.q_rope = self.grid_rope(gh, gw, torch.tensor([c.window]), device, dtype)
         ages = (torch.arange(slots)[:, None] - torch.arange(slots)[None, :]) % slots  # [current slot, slot]
-        self.k_rope = torch.stack([self.grid_rope(gh, gw, c.window - ages[s], device) for s in range(slots)])
-        self.ages = ages.repeat_interleave(N, dim=1).to(device)  # [current slot, (W+1)*N]
+        self.k_rope = torch.stack([self.grid_rope(gh, gw, c.window - ages[s], device, dtype) for s in range(slots)])
         self.slot_index = torch.arange(slots * N, device=device).view(slots, N)  # buffer rows of each slot
-        self.sub_rope = self.sub_frame_rope(device)
+        self.sub_rope = self.sub_frame_rope(device, dtype)
         self.reset(start_index)
 
     def reset(self, start_index: int = 0):
-        """Start a new video. `start_index` is the absolute frame index; the output never depends on it."""
-        for cache in self.caches:
-            cache.k.zero_()
-            cache.v.zero_()
+        """Start a new video. `start_index` is the absolute frame index; the output never depends on it.
+
+        Each video fills the ring from slot 0, so while the window fills the frames seen so far are a prefix
+        of the buffer, and that prefix is all a step reads: nothing to clear, and no mask."""
         self.frame_index, self.frames_seen = start_index, 0
 
     def step(self, z: torch.Tensor) -> torch.Tensor:
         """One latent frame [B, C, h, w] -> its pixel frames [B, 3, k, H, W] (k = 1 first, then 4)."""
         c = self.config
-        slot = self.frame_index % (c.window + 1)
-        # Until the window has filled, slots holding no frame yet are masked out.
-        mask = None if self.frames_seen >= c.window else (self.ages[slot] <= self.frames_seen)[None]
-        frame = self.compiled_frame or self.frame
-        px = frame(z, self.k_rope[slot], self.slot_index[slot], mask)
+        slots = c.window + 1
+        slot = self.frames_seen % slots  # counted from the video's start: frames 0..W sit in slots 0..W
+        if self.frames_seen < c.window:
+            # The window is filling: attend to the filled prefix (slots 0..slot) only, a shorter key sequence
+            # instead of a mask (a masked call can fall back to a kernel that materializes the scores).
+            # Eager: W frames a video, not worth a compiled graph (and its warm-up) per prefix length.
+            filled = (slot + 1) * self.slot_index.shape[1]
+            px = self.frame(z, self.k_rope[slot, :, :filled], self.slot_index[slot], filled)
+        else:
+            frame = self.compiled_frame or self.frame
+            px = frame(z, self.k_rope[slot], self.slot_index[slot], None)
         if self.frames_seen == 0:  # the lone first latent frame makes one pixel frame: the last sub-frame
             px = px[:, :, -1:]
         self.frame_index += 1
         self.frames_seen += 1
         return px
 
-    def frame(self, z: torch.Tensor, k_rope: torch.Tensor, index: torch.Tensor, mask: torch.Tensor | None):
-        """The per-frame work on tensors only: `step` turns the Python-int state (frame index, frames seen,
-        the current slot) into the key rotations, the cache rows to write and the mask, so a compiled
-        `frame` is traced once per (batch, grid) and mask/no mask, never once per frame index."""
+    def frame(self, z: torch.Tensor, k_rope: torch.Tensor, index: torch.Tensor, filled: int | None):
+        """The per-frame work on tensors only: `step` turns the Python-int state (frames seen, the current
+        slot) into the key rotations, the cache rows to write and how many buffer rows hold frames (`filled`;
+        None: all of them), so a compiled `frame` is traced once per (batch, grid), never once per frame."""
         x = self.tokens(z)
         for blk, cache in zip(self.blocks, self.caches):
-            x = blk(x, self.q_rope, k_rope, mask, cache, index, self.backend)
+            x = blk(x, self.q_rope, k_rope, None, cache, index, self.backend, filled)
         return self.render(x, *self.grid, self.sub_rope)
 
     def compile_frame(self) -> None:
