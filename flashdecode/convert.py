@@ -36,18 +36,28 @@ def to_rgb24(pixels: torch.Tensor) -> torch.Tensor:
 def to_i420(pixels: torch.Tensor) -> torch.Tensor:
     """[B,3,k,H,W] (H, W even) -> uint8 [B,k,H*W*3/2]: BT.709 limited-range Y, then 2x2-averaged U and V.
 
-    Few passes over the full-size planes (clamp, one weighted sum, one store): the chroma is computed on
-    the 2x2 averages, a quarter of the pixels. Values are offset by 0.5 so the uint8 store's truncation rounds.
+    No float32 copy of the frame: it is clamped in the model's own dtype, Y is accumulated into one float32
+    plane and stored, and the chroma is computed on float32 2x2 sums, a quarter of the pixels. Only Python
+    scalars weight the planes, so no constant tensor crosses to the device (a pageable copy would be a host
+    sync per chunk). Values are offset by 0.5 so the uint8 store's truncation rounds.
     """
     B, _, k, H, W = pixels.shape
     if H % 2 or W % 2:
         raise ValueError(f"YUV 4:2:0 needs an even frame size, got {W}x{H}")
-    x = pixels.float().clamp(-1, 1)  # [-1, 1]: Y = 16 + 219 (Kr R + Kg G + Kb B) with R = (r + 1) / 2
+    x = pixels.clamp(-1, 1)  # [-1, 1]: Y = 16 + 219 (Kr R + Kg G + Kb B) with R = (r + 1) / 2
     out = torch.empty(B, k, H * W * 3 // 2, dtype=torch.uint8, device=pixels.device)
-    luma = torch.tensor([KR, KG, KB], device=x.device) * (219 / 2)
-    out[..., :H * W].view(B, k, H, W).copy_(torch.einsum("bckhw,c->bkhw", x, luma).add_(16 + 219 / 2 + 0.5))
-    r2, g2, b2 = F.avg_pool2d(x.reshape(B * 3, k, H, W), 2).view(B, 3, k, H // 2, W // 2).unbind(1)
-    y2 = KR * r2 + KG * g2 + KB * b2  # chroma siting: the block centre
+    # chroma first, on 2x2 block averages (chroma siting: the block centre), in float32 either way: a float32
+    # frame is pooled as it is; a bf16 one is summed into float32 as it is read, without a float32 copy
+    if x.dtype == torch.float32:
+        pooled = F.avg_pool2d(x.reshape(B * 3, k, H, W), 2).view(B, 3, k, H // 2, W // 2)
+    else:
+        pooled = x.reshape(B, 3, k, H // 2, 2, W // 2, 2).sum((4, 6), dtype=torch.float32).mul_(0.25)
+    r2, g2, b2 = pooled.unbind(1)
+    r, g, b = x.unbind(1)
+    y = r.float()  # a float32 x's own red plane, which nothing reads any more; else one float32 plane
+    y.mul_(KR * 219 / 2).add_(g, alpha=KG * 219 / 2).add_(b, alpha=KB * 219 / 2).add_(16 + 219 / 2 + 0.5)
+    out[..., :H * W].view(B, k, H, W).copy_(y)
+    y2 = KR * r2 + KG * g2 + KB * b2
     q = H * W // 4
     u = (b2 - y2).mul_(224 / 2 / (2 * (1 - KB))).add_(128.5)
     v = (r2 - y2).mul_(224 / 2 / (2 * (1 - KR))).add_(128.5)
