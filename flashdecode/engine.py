@@ -12,6 +12,7 @@ from .fp8 import quantize_linears, scaled_mm_works
 from .latent_spaces import LatentSpace, get_latent_space
 from .math import pick_backend
 from .model import HIGH_PRECISION_LINEARS, VARIANTS, FlashDecoder, ModelConfig, count_parameters, flops_per_latent_frame
+from .staging import Stager, require_finite
 
 # "fp8": e4m3 weights for the Transformer's GEMMs (flashdecode.fp8), bf16 for everything else, on every device.
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -132,7 +133,10 @@ class Decoder:
             self.model.reset()
 
     def check(self, z: torch.Tensor) -> None:
-        """One FlashdecodeError sentence for latents the decoder cannot take, before torch sees them."""
+        """One FlashdecodeError sentence for latents the decoder cannot take, before torch sees them.
+
+        NaN/Inf are checked here for latents in host memory; for latents on a GPU, `stream` checks them on the
+        GPU and raises at its next chunk or at the end of the video, so the decode thread never waits."""
         c, p = self.config, self.config.patch
         if z.is_complex() or not z.is_floating_point():
             raise FlashdecodeError(f"latents must be real floating point (float32, float16 or bfloat16), got {z.dtype}"
@@ -151,8 +155,8 @@ class Decoder:
         if z.shape[-2] % p or z.shape[-1] % p:
             raise FlashdecodeError(f"latent grid {z.shape[-2]}x{z.shape[-1]} must be a multiple of the {p}x{p} patch "
                                    f"of {self.latent_space.name!r}")
-        if not bool(torch.isfinite(z).all()):  # NaN in, NaN video out: say so instead
-            raise FlashdecodeError("latents contain NaN or Inf values; check the diffusion run that made them")
+        if z.device.type != "cuda":  # on the GPU, `stream` checks without waiting for it (flashdecode.staging)
+            require_finite(z)
 
     def stream(self, frames: Iterable[torch.Tensor], raw: bool = False, start_index: int = 0,
                native: bool = False) -> Iterator[torch.Tensor]:
@@ -166,15 +170,18 @@ class Decoder:
         fuse clamp + colour conversion on the device, skipping a float32 copy per chunk.
         """
         started = False
+        stager = Stager(self.device)
         with torch.inference_mode():
             for chunk in frames:
                 chunk = torch.as_tensor(chunk)
                 if chunk.ndim == 4:
                     chunk = chunk[:, :, None]
                 self.check(chunk)
+                stager.poll()  # NaN/Inf found in an earlier GPU chunk, once the GPU has said so
+                chunk = stager.to_device(chunk)  # CUDA: pinned, non_blocking, on a side stream
                 if raw:  # normalize in float32, whatever the decoding dtype
-                    chunk = self.latent_space.normalize(chunk.to(self.device, torch.float32))
-                chunk = chunk.to(self.device, self.dtype)
+                    chunk = self.latent_space.normalize(chunk.float())
+                chunk = chunk.to(self.dtype)
                 B, _, T, h, w = chunk.shape
                 grid = (h // self.config.patch, w // self.config.patch)
                 if not started:
@@ -186,6 +193,7 @@ class Decoder:
                 for t in range(T):
                     px = self.model.step(chunk[:, :, t])
                     yield px if native else px.float().clamp_(-1, 1)
+            stager.finish()
 
     def _start(self, batch: int, grid: tuple[int, int], start_index: int) -> None:
         if self.model.caches is None or (batch, grid) != (self.model.batch, self.model.grid):
@@ -204,6 +212,7 @@ class Decoder:
         """The same function as `decode`, computed in one masked whole-sequence pass (for tests/training)."""
         latents = torch.as_tensor(latents)
         self.check(latents)
+        require_finite(latents)  # a test and training path: a wait for the GPU is fine here
         z = self.latent_space.normalize(latents.to(self.device, torch.float32)) if raw else latents
         with torch.inference_mode():
             return self.model.forward_reference(z.to(self.device, self.dtype)).float().clamp_(-1, 1)

@@ -5,6 +5,7 @@ The model always works on normalized latents.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +43,8 @@ class LatentSpace:
     def _stats(self, z: torch.Tensor, channel_dim: int):
         shape = [1] * z.ndim
         shape[channel_dim] = self.channels
-        mean = torch.tensor(self.mean, dtype=z.dtype, device=z.device).view(shape)
-        std = torch.tensor(self.std, dtype=z.dtype, device=z.device).view(shape)
-        return mean, std
+        mean, std = _constants(self, z.device, z.dtype)
+        return mean.view(shape), std.view(shape)
 
     def normalize(self, z: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
         """Raw VAE latents -> diffusion-space latents."""
@@ -55,6 +55,15 @@ class LatentSpace:
         """Diffusion-space latents -> raw VAE latents."""
         mean, std = self._stats(z, channel_dim)
         return z * std + mean
+
+
+@functools.lru_cache(maxsize=None)
+def _constants(space: LatentSpace, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A space's mean and std as tensors, made once per device and dtype: building them from Python floats
+    on a GPU is a pageable copy, a host sync, which per chunk would stall the decode loop."""
+    with torch.inference_mode(False):  # ordinary tensors, usable under autograd (training) too
+        return (torch.tensor(space.mean, dtype=dtype, device=device),
+                torch.tensor(space.std, dtype=dtype, device=device))
 
 
 def _floats(s: str) -> tuple[float, ...]:
