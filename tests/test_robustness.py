@@ -660,6 +660,8 @@ RESUME = ["train", str(CLIP), "--out", "{tmp}/run", "--size", "32x32", "--frames
           "--steps", "1", "--resume"]
 NO_CACHE = {"run/latent-cache": "absent"}  # refused before a clip was encoded
 
+EVAL = ["eval", str(CLIP), "--weights", str(REPO / "weights" / "demo-xs.safetensors"), "--size", "32x32", "--frames", "5"]
+
 TEACHER_AND_STATE_CASES = [
     C("encode-teacher-weights-ok-control", [*ENC, *TW, "-q"], files={"t.safetensors": teacher_file}, code=0, error=None),
     C("encode-teacher-std-nan", [*ENC, *TW], files={"t.safetensors": lambda: teacher_file(set_entry("group_std", 3, float("nan")))},
@@ -719,6 +721,16 @@ TEACHER_AND_STATE_CASES = [
       error="does not fit model 'tiny'", left=NO_CACHE),
     C("train-resume-nan-weights", RESUME, files={"run/train_state.pt": lambda: train_state(nan=True)}, error="NaN or Inf",
       left=NO_CACHE),
+    # ---- eval --compare/--plot: outputs checked before any work, never over an input, a full disk is one line
+    C("eval-compare-bad-extension", [*EVAL, "--compare", "{tmp}/c.gif"], error="--compare .*video file name",
+      left={"c.gif": "absent"}),
+    C("eval-compare-is-the-input", ["eval", "{tmp}/v.mp4", *EVAL[2:], "--compare", "{tmp}/v.mp4"],
+      files={"v.mp4": CLIP.read_bytes()}, error="is also the input", left={"v.mp4": "untouched"}),
+    C("eval-plot-is-the-json", [*EVAL, "--plot", "{tmp}/p.png", "--json", "{tmp}/p.png"], error="is also the",
+      left={"p.png": "absent"}),
+    C("eval-plot-no-folder", [*EVAL, "--plot", "{tmp}/none/p.png"], error="does not exist", left={"none": "absent"}),
+    C("eval-compare-disk-full", [*EVAL, "--compare", "{tmp}/c.mp4"], error="cannot write --compare",
+      left={"c.mp4": "absent or playable"}, how="fsize"),
     C("train-resume-optimizer-for-other-parameters", RESUME, files={"run/train_state.pt": train_state},
       error="optimizer state", left={"run/decoder.safetensors": "absent"}),
 ]

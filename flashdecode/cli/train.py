@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -73,7 +74,12 @@ def train(
     run(cfg)
 
 
-@app.command("eval")
+@app.command("eval", epilog="""
+See the difference (the bundled demo decoder and teacher; under a minute on a CPU):
+
+  flashdecode eval samples/cockatoo_256x256_41f.mp4 --weights weights/demo-xs.safetensors --frames 41 \\
+      --compare compare.mp4 --plot psnr.png
+""")
 @run_guarded
 def evaluate_cmd(
     data: list[str] = typer.Argument(..., help="Evaluation videos or 'file:start-end' ranges."),
@@ -84,9 +90,16 @@ def evaluate_cmd(
     size: str = typer.Option("256x256", help="Evaluation size HxW (center crop + resize)."),
     frames: int = typer.Option(25, help="Frames per clip (4k+1)."),
     device: Optional[str] = typer.Option(None),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the rows as JSON (with per-frame PSNR)."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="Side-by-side video (.mp4/.mkv/.mov/.webm): ground "
+                                           "truth | decoded | the teacher's decoder | error heat map, clip after clip."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Per-frame PSNR chart of every decoder evaluated "
+                                            "(.png/.svg/.pdf; needs matplotlib)."),
+    fps: Optional[float] = typer.Option(None, help="Frame rate of the --compare video (default: the first video's)."),
 ) -> None:
     """PSNR/SSIM of decoded video against the ground truth, beside the teacher's own decoder."""
+    from contextlib import nullcontext
+
     from rich.console import Console
     from rich.table import Table
 
@@ -97,9 +110,11 @@ def evaluate_cmd(
     from ..memory import check_host_memory
     from ..engine import resolve_device
     from ..pipeline import check_json_path
+    from ..training.compare import ComparisonWriter, HEAT_FULL_SCALE, check_compare_path, check_plot_path, plot_psnr
     from ..training.evaluate import evaluate
     from ..training.teachers import load_teacher
-    from ..training.video_data import eval_clips
+    from ..training.video_data import eval_clips, list_videos, parse_source, probe
+    from ..video_io import check_fps
     from .common import check_frames, parse_hw
 
     hw = parse_hw(size)  # every option is checked before a video is read or a model is loaded
@@ -107,6 +122,13 @@ def evaluate_cmd(
     dev = resolve_device(device)
     if json_out is not None:
         check_json_path(json_out)
+    if compare is not None:
+        check_compare_path(compare)
+    if plot_out is not None:
+        check_plot_path(plot_out)
+    if fps is not None:
+        check_fps(fps)
+    check_distinct_outputs(data, {"--json": json_out, "--compare": compare, "--plot": plot_out})
     # a clip, its teacher round trip and its decode are held whole, as float32: refuse what cannot fit
     check_host_memory(3 * 3 * 4 * frames * hw[0] * hw[1], f"evaluating {frames}-frame clips at {size}",
                       "pass a smaller --size or fewer --frames")
@@ -117,10 +139,18 @@ def evaluate_cmd(
                                "pass fewer --frames or a longer range")
     tch = load_teacher(teacher, vae, device=dev)
     decoder = load_decoder(model, tch.latent_space.name, weights=weights, device=dev)
-    rows = evaluate(decoder, itertools.chain([first], clips), tch)
     baseline = "PCA inverse" if teacher == "demo" else f"{teacher} conv decoder"
-    table = Table(title=f"{decoder.config.name} ({'random weights' if decoder.random_weights else weights}) "
-                        f"vs {baseline}, {size}")
+    panels = ["ground truth", f"{decoder.name} decoded", *([baseline] if hasattr(tch, "decode") else []),
+              f"error heat map (white = {round(HEAT_FULL_SCALE * 255)}/255)"]
+    if compare is not None and fps is None:  # the first input's frame rate (16, Wan's, if it has none)
+        videos = list_videos([parse_source(data[0])[0]])
+        fps = (probe(videos[0]).fps if videos else 0) or 16.0
+    with ComparisonWriter(compare, fps, panels) if compare is not None else nullcontext() as cmp:
+        rows = evaluate(decoder, itertools.chain([first], clips), tch, compare=cmp)
+    if compare is not None:
+        print(f"wrote {compare}: {cmp.frames_written} frames, {' | '.join(panels)}", file=sys.stderr)
+    title = f"{decoder.name} ({'random weights' if decoder.random_weights else weights}) vs {baseline}, {size}"
+    table = Table(title=title)
     for col in ("clip", "frames", "PSNR dB", "SSIM", f"{baseline} PSNR", f"{baseline} SSIM"):
         table.add_column(col)
     for r in rows:
@@ -132,3 +162,21 @@ def evaluate_cmd(
             json_out.write_text(json.dumps({"weights": str(weights), "teacher": teacher, "rows": rows}, indent=2))
         except OSError as e:
             raise FlashdecodeError(f"cannot write --json {json_out}: {e.strerror or e}") from None
+    if plot_out is not None:
+        plot_psnr(rows, {"psnr_per_frame": decoder.name, "teacher_psnr_per_frame": baseline}, plot_out, title)
+        print(f"wrote {plot_out}", file=sys.stderr)
+
+
+def check_distinct_outputs(data: list[str], outputs: dict[str, Optional[Path]]) -> None:
+    """No output may overwrite an input video or another output (issue: one output destroying another file)."""
+    from ..errors import FlashdecodeError
+    from ..training.video_data import parse_source
+
+    seen = {Path(parse_source(d)[0]).resolve(): f"input {d}" for d in data}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        key = path.resolve()
+        if key in seen:
+            raise FlashdecodeError(f"{option} {path} is also the {seen[key]}; give it a file name of its own")
+        seen[key] = option

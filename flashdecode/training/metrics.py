@@ -1,9 +1,9 @@
 """Reconstruction quality: PSNR and SSIM of video clips in [-1, 1], one float per clip.
 
 Both are computed on [0, 1] (data range 1), the way image/video codecs and VAE papers report them.
-PSNR pools the squared error over the whole clip; SSIM is the Wang et al. (2004) index per frame and
-channel (gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, valid region only, as skimage with
-gaussian_weights=True, use_sample_covariance=False), averaged over the clip.
+PSNR pools the squared error over the whole clip (`psnr_per_frame`: over each frame); SSIM is the Wang et
+al. (2004) index per frame and channel (gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, valid region only,
+as skimage with gaussian_weights=True, use_sample_covariance=False), averaged over the clip.
 """
 from __future__ import annotations
 
@@ -26,6 +26,13 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> list[float]:
     x, y = _as_batch(x), _as_batch(y)
     mse = (x - y).square().flatten(1).mean(1)
     return [math.inf if m == 0 else 10 * math.log10(1 / m) for m in mse.tolist()]
+
+
+def psnr_per_frame(x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
+    """PSNR in dB of each frame of each clip (inf where identical): what a per-frame chart plots."""
+    x, y = _as_batch(x), _as_batch(y)
+    mse = (x - y).square().mean(dim=(1, 3, 4))  # [B, T]
+    return [[math.inf if m == 0 else 10 * math.log10(1 / m) for m in clip] for clip in mse.tolist()]
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -74,4 +81,4 @@ def _ssim_map(x: torch.Tensor, y: torch.Tensor, window: int, sigma: float) -> to
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
-__all__ = ["psnr", "ssim", "ssim_per_image"]
+__all__ = ["psnr", "psnr_per_frame", "ssim", "ssim_per_image"]
