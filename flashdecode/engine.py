@@ -8,7 +8,7 @@ import torch
 
 from .checkpoint import check_fits, config_from_metadata, find_weights, load_checkpoint, load_weights, read_metadata, weights_dirs
 from .errors import FlashdecodeError
-from .fp8 import quantize_linears, scaled_mm_works
+from .fp8 import quantize_linears
 from .latent_spaces import LatentSpace, get_latent_space
 from .math import pick_backend
 from .model import HIGH_PRECISION_LINEARS, VARIANTS, FlashDecoder, ModelConfig, count_parameters, flops_per_latent_frame
@@ -295,7 +295,7 @@ def load_decoder(model: str | None = "s", latent_space: str | None = None, weigh
         state = None  # the model holds the weights now: do not keep a second copy alive
     net = net.to(dt)
     if fp8:
-        quantize_linears(net, scaled_mm_works(dev), keep=HIGH_PRECISION_LINEARS)
+        quantize_linears(net, keep=HIGH_PRECISION_LINEARS)  # each layer's GEMM path follows its device
     net.backend = backend_name
     if COMPILE_BY_DEFAULT if compile is None else compile:
         net.compile_frame()
