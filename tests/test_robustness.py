@@ -729,6 +729,8 @@ TEACHER_AND_STATE_CASES = [
     C("eval-plot-is-the-json", [*EVAL, "--plot", "{tmp}/p.png", "--json", "{tmp}/p.png"], error="is also the",
       left={"p.png": "absent"}),
     C("eval-plot-no-folder", [*EVAL, "--plot", "{tmp}/none/p.png"], error="does not exist", left={"none": "absent"}),
+    C("eval-compare-too-wide-for-x264", [*EVAL[:4], "--size", "16x8192", "--frames", "5", "--compare", "{tmp}/c.mp4"],
+      error="32768x16, 4 panels side by side: pass a smaller --size", left={"c.mp4": "absent"}),
     C("eval-compare-disk-full", [*EVAL, "--compare", "{tmp}/c.mp4"], error="cannot write --compare",
       left={"c.mp4": "absent or playable"}, how="fsize"),
     C("train-resume-optimizer-for-other-parameters", RESUME, files={"run/train_state.pt": train_state},

@@ -168,15 +168,20 @@ def evaluate_cmd(
 
 
 def check_distinct_outputs(data: list[str], outputs: dict[str, Optional[Path]]) -> None:
-    """No output may overwrite an input video or another output (issue: one output destroying another file)."""
+    """No output may overwrite an input video or another output: the same path, a link to it, or a hard link."""
+    import os
+
     from ..errors import FlashdecodeError
     from ..training.video_data import parse_source
 
-    seen = {Path(parse_source(d)[0]).resolve(): f"input {d}" for d in data}
+    def same(a: Path, b: Path) -> bool:
+        return a.resolve() == b.resolve() or a.exists() and b.exists() and os.path.samefile(a, b)
+
+    taken = [(Path(parse_source(d)[0]), f"input {d}") for d in data]
     for option, path in outputs.items():
         if path is None:
             continue
-        key = path.resolve()
-        if key in seen:
-            raise FlashdecodeError(f"{option} {path} is also the {seen[key]}; give it a file name of its own")
-        seen[key] = option
+        clash = next((what for other, what in taken if same(path, other)), None)
+        if clash is not None:
+            raise FlashdecodeError(f"{option} {path} is also the {clash}; give it a file name of its own")
+        taken.append((path, option))

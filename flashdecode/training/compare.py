@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import av
 import torch
 
 from ..errors import FlashdecodeError
@@ -64,7 +65,7 @@ class ComparisonWriter:
                      error_heat(decoded[:, window], truth[:, window])]
             try:
                 self.writer.write(to_uint8_frames(torch.cat(shown, dim=-1)))
-            except OSError as e:
+            except (OSError, av.error.FFmpegError) as e:  # a full disk; an encoder that refuses the frame size
                 raise self._failed(e) from None
 
     @property
@@ -74,17 +75,22 @@ class ComparisonWriter:
     def close(self) -> None:
         try:
             self.writer.close()
-        except OSError as e:
+        except (OSError, av.error.FFmpegError) as e:
             raise self._failed(e) from None
 
-    def _failed(self, e: OSError) -> FlashdecodeError:
-        """A full disk or size limit: the writer cuts the file back to what plays (or removes it); say what is kept."""
+    def _failed(self, e: Exception) -> FlashdecodeError:
+        """The writer cuts a file that a full disk or size limit stopped back to what plays (or removes it): say
+        what is kept. An encoder that refuses the frame (libx264 past its largest width) keeps nothing."""
         try:
             self.writer.close()
-        except OSError:
+        except (OSError, av.error.FFmpegError):
             pass  # the error being reported
         kept = self.writer.frames_written
-        return FlashdecodeError(f"cannot write --compare {self.path}: {e.strerror or e}; "
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        if isinstance(e, av.error.FFmpegError) and not kept and self.writer.size:
+            h, w = self.writer.size
+            why += f" (the video is {w}x{h}, {len(self.panels)} panels side by side: pass a smaller --size)"
+        return FlashdecodeError(f"cannot write --compare {self.path}: {why}; "
                                 + (f"it keeps the {kept} frames before that" if kept else "nothing was kept"))
 
     def __enter__(self) -> "ComparisonWriter":

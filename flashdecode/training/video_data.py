@@ -105,7 +105,7 @@ def read_frames(path, start: int = 0, count: int | None = None) -> torch.Tensor:
 def center_box(src_h: int, src_w: int, h: int, w: int) -> tuple[int, int, int, int]:
     """The largest centered (top, left, height, width) box with the aspect ratio h:w."""
     scale = min(src_h / h, src_w / w)
-    bh, bw = min(src_h, round(h * scale)), min(src_w, round(w * scale))
+    bh, bw = min(src_h, max(1, round(h * scale))), min(src_w, max(1, round(w * scale)))  # a sliver, never empty
     return (src_h - bh) // 2, (src_w - bw) // 2, bh, bw
 
 
