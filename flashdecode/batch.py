@@ -21,9 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import FlashdecodeError
+from .errors import FlashdecodeError, printable, shown
+from .latents_io import EXTENSIONS as LATENT_SUFFIXES
 
-LATENT_SUFFIXES = (".safetensors", ".npy")
 
 
 # -- which files, which outputs ---------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in LATENT_SUFFIXES and p.is_file())
             if not files:
-                raise FlashdecodeError(f"folder {path} holds no .safetensors or .npy files")
+                raise FlashdecodeError(f"folder {shown(path)} holds no latent files ({', '.join(LATENT_SUFFIXES)})")
         elif glob.has_magic(item) and not path.exists():
             files = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
             if not files:
@@ -198,9 +198,9 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
                                       weights=weights, decoder=decoders[space], quiet=True, progress=progress,
                                       **decode_kw)
             except Exception as e:  # recorded; the other files go on (and no rank is left waiting at the gather)
-                message = str(e) if isinstance(e, FlashdecodeError) else f"{files[i]}: {type(e).__name__}: {e}"
+                message = str(e) if isinstance(e, FlashdecodeError) else f"{shown(files[i])}: {type(e).__name__}: {e}"
                 summary = {**getattr(e, "summary", {}), "status": "error", "input": str(files[i]), "error": message}
-                print(f"failed: {message}", file=sys.stderr, flush=True)
+                print(f"failed: {printable(message)}", file=sys.stderr, flush=True)
             results.append({**summary, "index": i, "rank": rank})
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: decode_file has flushed the file it was on
         status = stop_status(e)[0]
@@ -216,7 +216,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     if rank == 0:
         _write_summary(json_path, summary)
         if not quiet:
-            print(f"{summary['ok']} of {len(files)} files decoded ({summary['frames']} frames) into {outdir} in "
+            print(f"{summary['ok']} of {len(files)} files decoded ({summary['frames']} frames) into {shown(outdir)} in "
                   f"{summary['seconds']:.2f} s" + (f" by {world} ranks" if world > 1 else ""), file=sys.stderr,
                   flush=True)
         if summary["failed"]:

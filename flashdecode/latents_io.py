@@ -1,7 +1,16 @@
-"""Reading latents: .safetensors, .npy, or a stream of NPY arrays on stdin, into canonical [B,C,t,h,w] chunks.
+"""Reading latents: .safetensors, .npy, ComfyUI .latent, torch.save .pt/.pth, or a stream of NPY arrays on
+stdin, into canonical [B,C,t,h,w] chunks.
 
-Everything here is about the input: which file, which tensor, which axis order, and whether the values
-are usable. Problems become one-line FlashdecodeErrors that name the fix. The decoder never sees a file.
+Everything here is about the input: which file, which tensor, which axis order, whether the values are raw
+VAE latents or normalized ones, and whether they are usable. Problems become one-line FlashdecodeErrors that
+name the fix. The decoder never sees a file.
+
+ComfyUI's `.latent` (SaveLatent) is a safetensors file holding `latent_tensor` (its LATENT "samples": raw VAE
+latents, [B,C,T,h,w] for Wan, [B,C,h,w] for images) and an empty `latent_format_version_0` tensor. ComfyUI's
+LoadLatent multiplies a file WITHOUT that marker by 1/0.18215: such files come from before the marker existed,
+when ComfyUI stored Stable Diffusion 1.x latents pre-scaled by that VAE's factor 0.18215. No Wan latent can be
+such a file (ComfyUI gained Wan long after the marker), and 0.18215 is no Wan factor, so flashdecode never
+applies it: with or without the marker, the tensor is read as raw Wan latents, and `info` says which.
 """
 from __future__ import annotations
 
@@ -9,23 +18,28 @@ import io
 import json
 import math
 import os
+import re
 import stat
 import struct
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from .errors import FlashdecodeError
+from .errors import FlashdecodeError, listed, shown
 from .latent_spaces import LATENT_SPACES, pixel_frames
 from .memory import check_host_memory
 
 LAYOUTS = ("ncthw", "ntchw")
-EXTENSIONS = (".safetensors", ".npy")
+EXTENSIONS = (".safetensors", ".npy", ".latent", ".pt", ".pth")
+TORCH_EXTENSIONS = (".pt", ".pth")
+LATENT_KEYS = ("latents", "latent_tensor", "samples", "latent", "z")  # the tensor a file's key names, in this order
+COMFY_KEY, COMFY_MARKER = "latent_tensor", "latent_format_version_0"  # ComfyUI's SaveLatent (see the docstring)
 CHANNELS_TO_SPACE = {16: "wan2.1", 48: "wan2.2"}  # "demo" is also 48 channels: only metadata can say so
 
 
@@ -128,12 +142,12 @@ def _read_npy_header(fp, version: tuple[int, int], what: str) -> tuple[tuple, bo
         else:
             shape, fortran, dtype = npy_format.read_array_header_2_0(header)
     except Exception as e:  # numpy raises ValueError, SyntaxError, tokenize errors... for a mangled header
-        raise FlashdecodeError(f"{what} has a corrupt NPY header ({e}); write it with numpy.save") from None
+        raise FlashdecodeError(f"{what} has a corrupt NPY header ({shown(e)}); write it with numpy.save") from None
     if dtype.hasobject:
-        raise FlashdecodeError(f"{what} holds Python objects ({dtype}); latents must be a numeric array "
+        raise FlashdecodeError(f"{what} holds Python objects ({shown(dtype)}); latents must be a numeric array "
                                "(object arrays would need unpickling, which flashdecode never does)")
     if dtype.kind not in "fiu":
-        raise FlashdecodeError(f"{what} has dtype {dtype}; latents must be a float (or int) array")
+        raise FlashdecodeError(f"{what} has dtype {shown(dtype)}; latents must be a float (or int) array")
     return shape, fortran, dtype
 
 
@@ -168,46 +182,59 @@ def iter_npy_stream(fp, name: str = "stdin", first_bytes: bytes = b"") -> Iterat
         index += 1
 
 
-def _load_npy_file(path: Path) -> np.ndarray:
+def _load_npy_file(path: Path, label: str) -> np.ndarray:
     with open(path, "rb") as fp:
         head = fp.read(npy_format.MAGIC_LEN)
         try:
             version = npy_format.read_magic(io.BytesIO(head))
         except ValueError:
-            raise FlashdecodeError(f"{path} is not a valid .npy file (bad magic {head[:6]!r}); write it with numpy.save") from None
-        shape, fortran, dtype = _read_npy_header(fp, version, str(path))
+            raise FlashdecodeError(f"{label} is not a valid .npy file (bad magic {head[:6]!r}); write it with numpy.save") from None
+        shape, fortran, dtype = _read_npy_header(fp, version, label)
         if any(int(d) < 1 for d in shape):
-            _check_claim(shape, 1, True, str(path))  # raises the empty-axis error
+            _check_claim(shape, 1, True, label)  # raises the empty-axis error
         nbytes = math.prod(shape) * dtype.itemsize  # Python ints: a huge claim is just a big number
         there = os.fstat(fp.fileno()).st_size - fp.tell()
         if nbytes > there:  # the file size says what is really there: refuse before allocating the claim
-            raise _truncated(str(path), nbytes, there)
+            raise _truncated(label, nbytes, there)
         if nbytes < there:
-            raise FlashdecodeError(f"{path} has bytes after its array; it is corrupt or holds several arrays "
+            raise FlashdecodeError(f"{label} has bytes after its array; it is corrupt or holds several arrays "
                                    "(pipe a multi-array stream on stdin instead: `cat FILE | flashdecode decode -`)")
-        _check_claim(shape, dtype.itemsize, dtype.kind == "f", str(path))
-        return _npy_array(_read_exact(fp, nbytes, str(path), trusted=True), shape, fortran, dtype)
+        _check_claim(shape, dtype.itemsize, dtype.kind == "f", label)
+        return _npy_array(_read_exact(fp, nbytes, label, trusted=True), shape, fortran, dtype)
+
+
+class _Found(NamedTuple):
+    """What a container file held: the chosen tensor, the file's metadata, its name in the file, every name."""
+
+    tensor: torch.Tensor
+    metadata: dict
+    key: str | None
+    names: list
+    format: str
 
 
 def _check_tensor_dtype(dtype: str, what: str) -> torch.dtype:
     """A safetensors dtype name -> torch dtype, refusing what is not a float or int array (bool, as from NPY)."""
     if dtype not in SAFETENSORS_DTYPES:
-        shown = "bool" if dtype == "BOOL" else dtype
-        raise FlashdecodeError(f"{what} has dtype {shown}; latents must be a float (or int) array")
+        named = "bool" if dtype == "BOOL" else dtype
+        raise FlashdecodeError(f"{what} has dtype {shown(named)}; latents must be a float (or int) array")
     return SAFETENSORS_DTYPES[dtype]
 
 
 def _pick_name(names: list[str], key: str | None, name: str) -> str:
+    """--key, else the first of LATENT_KEYS the file has, else its only tensor (ComfyUI's empty marker aside)."""
     if key is not None:
         if key not in names:
-            raise FlashdecodeError(f"{name} has no tensor {key!r}; it has {', '.join(sorted(names)) or 'none'}")
+            raise FlashdecodeError(f"{name} has no tensor {key!r}; it has {listed(sorted(names)) or 'none'}")
         return key
-    if "latents" in names:
-        return "latents"
-    if len(names) == 1:
-        return names[0]
-    raise FlashdecodeError(f"{name} holds {len(names)} tensors ({', '.join(sorted(names))}) and none is called "
-                           "'latents'; pass --key NAME")
+    for k in LATENT_KEYS:
+        if k in names:
+            return k
+    others = [n for n in names if n != COMFY_MARKER]
+    if len(others) == 1:
+        return others[0]
+    raise FlashdecodeError(f"{name} holds {len(names)} tensors ({listed(sorted(names))}) and none is called "
+                           f"{', '.join(LATENT_KEYS[:-1])} or {LATENT_KEYS[-1]}; pass --key NAME")
 
 
 def _not_safetensors(name: str, why) -> FlashdecodeError:
@@ -215,22 +242,22 @@ def _not_safetensors(name: str, why) -> FlashdecodeError:
                             "re-save it with safetensors.torch.save_file")
 
 
-def _load_safetensors_file(path: Path, key: str | None) -> tuple[torch.Tensor, dict]:
-    """The chosen tensor of a .safetensors file (safetensors checks the header against the file size; we check
-    the tensor's dtype, shape and memory before it is read) and the file's metadata."""
+def _load_safetensors_file(path: Path, key: str | None, label: str) -> _Found:
+    """The chosen tensor of a .safetensors/.latent file (safetensors checks the header against the file size; we
+    check the tensor's dtype, shape and memory before it is read) and the file's metadata."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
             names, meta = list(f.keys()), f.metadata() or {}
-            chosen = _pick_name(names, key, str(path))
+            chosen = _pick_name(names, key, label)
             piece = f.get_slice(chosen)
-            what = str(path) if len(names) == 1 else f"{path} tensor {chosen!r}"
+            what = label if len(names) == 1 else f"{label} tensor {chosen!r}"
             dtype = _check_tensor_dtype(piece.get_dtype(), what)
             _check_claim(piece.get_shape(), dtype.itemsize, dtype.is_floating_point, what)
-            return f.get_tensor(chosen), dict(meta)
+            return _Found(f.get_tensor(chosen), dict(meta), chosen, names, "safetensors")
     except (SafetensorError, ValueError, TypeError) as e:  # all mean "not a valid file"
-        raise _not_safetensors(str(path), e) from None
+        raise _not_safetensors(label, shown(e)) from None
 
 
 def _safetensors_header_entry(tensor: str, entry, name: str) -> tuple[str, list[int], int, int]:
@@ -241,13 +268,13 @@ def _safetensors_header_entry(tensor: str, entry, name: str) -> tuple[str, list[
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
-        raise _not_safetensors(name, f"tensor {tensor!r} has a malformed header entry {str(entry)[:120]}")
+        raise _not_safetensors(name, f"tensor {tensor!r} has a malformed header entry {shown(str(entry)[:120])}")
     if dtype in SAFETENSORS_DTYPES and end - begin != math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize:
         raise _not_safetensors(name, f"tensor {tensor!r} declares {end - begin} bytes for shape {shape} {dtype}")
     return dtype, shape, begin, end
 
 
-def _load_safetensors_stream(fp, first_bytes: bytes, key: str | None, name: str = "stdin") -> tuple[torch.Tensor, dict]:
+def _load_safetensors_stream(fp, first_bytes: bytes, key: str | None, name: str = "stdin") -> _Found:
     """One safetensors file arriving on a stream: the header is read and checked first (its length against a bound,
     each tensor's byte range against its shape), then only the chosen tensor is kept, allocated as it arrives."""
     head = first_bytes + _read_upto(fp, max(0, 8 - len(first_bytes)))
@@ -273,17 +300,67 @@ def _load_safetensors_stream(fp, first_bytes: bytes, key: str | None, name: str 
     _skip(fp, begin, name, payload)
     data = _read_exact(fp, end - begin, name)
     _skip(fp, payload - end, name, payload)  # the rest is not needed, but a cut-off file is still an error
-    return torch.frombuffer(data, dtype=dtype).reshape(shape), {str(k): str(v) for k, v in meta.items()}
+    return _Found(torch.frombuffer(data, dtype=dtype).reshape(shape), {str(k): str(v) for k, v in meta.items()},
+                  chosen, list(entries), "safetensors")
 
 
-def _check_input_path(path: Path) -> None:
+def _first_line(e: BaseException) -> str:
+    return shown(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
+
+
+def _load_torch_file(path: Path, key: str | None, label: str) -> _Found:
+    """torch.save latents: a tensor, or a dict holding one (LATENT_KEYS or --key; its plain str/number values are
+    the metadata). Read with torch.load(weights_only=True) only, memory-mapped where the file allows it (the zip
+    format of torch >= 1.6): a file that needs more than tensors and plain values to load is refused, and nothing
+    in it runs."""
+    import pickle
+    import zipfile
+
+    zipped = zipfile.is_zipfile(path)
+    if not zipped:  # the legacy format cannot be mapped: it is read whole, so it must fit
+        check_host_memory(path.stat().st_size, label, TOO_BIG_FIX)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
+    except pickle.UnpicklingError as e:  # torch's weights-only unpickler met something that is not plain data
+        needs = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(e))
+        what = f"holds a pickled Python object ({shown(needs.group(1))})" if needs else \
+            "is corrupt or holds more than tensors and plain values"
+        raise FlashdecodeError(f"{label} {what}; flashdecode never unpickles objects: save the latents with "
+                               "torch.save(tensor) or as safetensors") from None
+    except Exception as e:  # a torn zip, a truncated file, a storage shorter than its tensor...
+        raise FlashdecodeError(f"{label} is truncated or not a torch.save file ({_first_line(e)}); "
+                               "re-save it with torch.save or as safetensors") from None
+    if isinstance(obj, torch.Tensor):
+        if key is not None:
+            raise FlashdecodeError(f"{label} holds one tensor, not a dict: --key {key!r} does not apply")
+        tensor, chosen, names, meta = obj, None, [], {}
+    elif isinstance(obj, dict):
+        tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if not tensors:
+            raise FlashdecodeError(f"{label} holds a dict without a tensor (keys: {listed(map(str, obj)) or 'none'}); "
+                                   f"save the latents under one of {', '.join(LATENT_KEYS)}")
+        chosen = _pick_name(list(tensors), key, label)
+        tensor, names = tensors[chosen], list(tensors)
+        meta = {str(k): str(v) for k, v in obj.items() if isinstance(v, (str, int, float, bool))}
+    else:
+        raise FlashdecodeError(f"{label} holds a {type(obj).__name__}, not a tensor or a dict of tensors; "
+                               "save the latents with torch.save(tensor) or torch.save({'latents': tensor})")
+    what = label if chosen is None else f"{label} tensor {chosen!r}"
+    if tensor.layout != torch.strided or tensor.dtype not in SAFETENSORS_DTYPES.values():
+        kind = str(tensor.dtype).replace("torch.", "") if tensor.layout == torch.strided else str(tensor.layout)
+        raise FlashdecodeError(f"{what} has dtype {kind}; latents must be a dense float (or int) array")
+    _check_claim(tuple(tensor.shape), tensor.element_size(), tensor.is_floating_point(), what)
+    return _Found(tensor.detach(), meta, chosen, names, "torch.save")
+
+
+def _check_input_path(path: Path, label: str) -> None:
     if path.suffix.lower() not in EXTENSIONS:
-        raise FlashdecodeError(f"unknown input extension {path.suffix or '(none)'!r} for {path}; "
-                               "flashdecode reads .safetensors, .npy, or '-' for stdin")
+        raise FlashdecodeError(f"unknown input extension {path.suffix or '(none)'!r} for {label}; "
+                               f"flashdecode reads {', '.join(EXTENSIONS)}, or '-' for stdin")
     if not path.exists():
-        raise FlashdecodeError(f"input {path} does not exist")
+        raise FlashdecodeError(f"input {label} does not exist")
     if path.is_dir():
-        raise FlashdecodeError(f"input {path} is a directory; pass a .safetensors or .npy file")
+        raise FlashdecodeError(f"input {label} is a directory; pass a latent file ({', '.join(EXTENSIONS)})")
 
 
 # -- layout and shape ------------------------------------------------------------------------------------
@@ -348,7 +425,11 @@ def _as_tensor(arr) -> torch.Tensor:
 
 @dataclass
 class Latents:
-    """An opened latent input. `chunks` yields canonical [B,C,t,h,w] tensors (checked finite) in order."""
+    """An opened latent input. `chunks` yields canonical [B,C,t,h,w] tensors (checked finite) in order.
+
+    `raw`: what the file says its values are (True: raw VAE latents, False: normalized, None: it does not say,
+    and decoding takes them as normalized unless told --raw); `raw_reason` says how that was told.
+    """
 
     name: str
     shape: tuple  # canonical (B, C, T, h, w); T is None for a stream whose length is not known yet
@@ -357,6 +438,10 @@ class Latents:
     layout_reason: str
     chunks: Iterator[torch.Tensor] = field(repr=False)
     metadata: dict = field(default_factory=dict)
+    format: str = "npy"  # npy, NPY stream, safetensors, ComfyUI .latent, torch.save
+    key: str | None = None  # the tensor's name in the file
+    raw: bool | None = None
+    raw_reason: str = "the file does not say"
 
     @property
     def batch(self) -> int:
@@ -379,32 +464,59 @@ class Latents:
         return name, (f"{self.channels} channels" if name else f"no latent space has {self.channels} channels")
 
 
-def _whole(x, name: str, layout: str | None, channels, metadata: dict, check: bool) -> Latents:
-    """A tensor that is all there: validate it once up front, then hand out one latent frame at a time."""
+def _whole(x, name: str, layout: str | None, channels, metadata: dict, check: bool, comfy: bool = False) -> Latents:
+    """A tensor that is all there: validate it once up front, then hand out one latent frame at a time.
+    `comfy`: ComfyUI's LATENT samples, always [B,C,T,h,w] (video) or [B,C,h,w] (an image batch)."""
+    label = shown(name)
     if x.ndim not in (3, 4, 5):
-        to_ncthw(x, "ncthw", name)  # raises the rank error
-    chosen, why = (layout, "--layout") if layout else guess_layout(tuple(x.shape), channels, metadata)
-    z = to_ncthw(_as_tensor(x), chosen, name)
+        to_ncthw(x, "ncthw", label)  # raises the rank error
+    if comfy and not layout:
+        x = x[:, :, None] if x.ndim == 4 else x
+        chosen, why = "ncthw", "ComfyUI latents are [B,C,T,h,w]"
+    else:
+        chosen, why = (layout, "--layout") if layout else guess_layout(tuple(x.shape), channels, metadata)
+    z = to_ncthw(_as_tensor(x), chosen, label)
     if check:
-        check_finite(z, name)
+        check_finite(z, label)
     frames = (z[:, :, t:t + 1] for t in range(z.shape[2]))
     return Latents(name, tuple(z.shape), str(z.dtype).replace("torch.", ""), chosen, why, frames, metadata)
 
 
+def _opened(found: _Found, name: str, layout, channels, check) -> Latents:
+    """A container's tensor as Latents, with what the file says about its values (raw or normalized)."""
+    comfy = COMFY_MARKER in found.names or found.key == COMFY_KEY
+    if comfy:
+        fmt, raw = "ComfyUI .latent", True
+        why = "ComfyUI .latent" + ("" if COMFY_MARKER in found.names else
+                                   f" without its {COMFY_MARKER} marker: ComfyUI's legacy scale 1/0.18215, a Stable "
+                                   "Diffusion 1.x factor and no Wan one, is not applied")
+    elif found.format == "torch.save" and found.key == "samples":
+        comfy, fmt, raw, why = True, "torch.save", True, "a ComfyUI LATENT dict ('samples')"
+    elif str(found.metadata.get("normalized", "")).lower() in ("true", "false"):
+        fmt, raw = found.format, found.metadata["normalized"].lower() == "false"
+        why = "file metadata 'normalized'"
+    else:
+        fmt, raw, why = found.format, None, "the file does not say"
+    latents = _whole(found.tensor, name, layout, channels, found.metadata, check, comfy)
+    latents.format, latents.key, latents.raw, latents.raw_reason = fmt, found.key, raw, why
+    return latents
+
+
 def _stream(arrays: Iterator[np.ndarray], name: str, layout: str | None, channels, check: bool) -> Latents:
     """A stream of arrays: open it on the first one, check each later one against it as it arrives."""
+    label = shown(name)
     first = next(arrays, None)
     if first is None:
-        raise FlashdecodeError(f"{name} is empty: no latent arrays arrived; "
+        raise FlashdecodeError(f"{label} is empty: no latent arrays arrived; "
                                "the producer must write arrays with numpy.save before closing the pipe")
     chosen, why = (layout, "--layout") if layout else guess_layout(first.shape, channels)
-    z0 = to_ncthw(_as_tensor(first), chosen, f"{name} array 0")
+    z0 = to_ncthw(_as_tensor(first), chosen, f"{label} array 0")
     B, C, _, h, w = z0.shape
 
     def chunks():
         offset, fixed = 0, layout or (chosen if first.ndim >= 4 else None)
         for i, arr in enumerate(_chain(first, arrays)):
-            what = f"{name} array {i}"
+            what = f"{label} array {i}"
             if fixed is None and arr.ndim >= 4:  # the first chunk with a time axis fixes the stream's layout
                 fixed = guess_layout(arr.shape, channels)[0]
             z = z0 if i == 0 else to_ncthw(_as_tensor(arr), fixed or "ncthw", what)
@@ -417,7 +529,8 @@ def _stream(arrays: Iterator[np.ndarray], name: str, layout: str | None, channel
             offset += z.shape[2]
             yield z
 
-    return Latents(name, (B, C, None, h, w), str(z0.dtype).replace("torch.", ""), chosen, why, chunks())
+    return Latents(name, (B, C, None, h, w), str(z0.dtype).replace("torch.", ""), chosen, why, chunks(),
+                   format="NPY stream")
 
 
 def _chain(first, rest):
@@ -427,7 +540,8 @@ def _chain(first, rest):
 
 def open_latents(source: str | Path, key: str | None = None, layout: str | None = None,
                  channels: set[int] | None = None, check: bool = True, stdin=None) -> Latents:
-    """Open a .safetensors / .npy file, or '-' for stdin (NPY arrays streamed, or one safetensors file).
+    """Open a latent file (.safetensors, .npy, ComfyUI .latent, torch.save .pt/.pth), or '-' for stdin (NPY
+    arrays streamed, or one safetensors file).
 
     layout: "ncthw" / "ntchw" or None to use the file's metadata or an unambiguous channel count.
     channels: the channel counts that make sense (the model's), used only to guess the layout.
@@ -439,30 +553,32 @@ def open_latents(source: str | Path, key: str | None = None, layout: str | None 
         return _open_stream(stdin or _stdin(), "stdin", key, layout, channels, check)
 
     path = Path(source)
-    _check_input_path(path)
+    label = shown(path)
+    _check_input_path(path, label)
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a named pipe or a device: it cannot seek, so read it as a stream
             return _open_stream(open(path, "rb"), str(path), key, layout, channels, check)
-        if path.suffix.lower() == ".npy":
-            return _whole(_as_tensor(_load_npy_file(path)), str(path), layout, channels, {}, check)
-        tensor, meta = _load_safetensors_file(path, key)
+        suffix = path.suffix.lower()
+        if suffix == ".npy":
+            return _whole(_as_tensor(_load_npy_file(path, label)), str(path), layout, channels, {}, check)
+        load = _load_torch_file if suffix in TORCH_EXTENSIONS else _load_safetensors_file
+        found = load(path, key, label)
     except PermissionError:
-        raise FlashdecodeError(f"input {path} is not readable (permission denied)") from None
+        raise FlashdecodeError(f"input {label} is not readable (permission denied)") from None
     except IsADirectoryError:
-        raise FlashdecodeError(f"input {path} is a directory; pass a .safetensors or .npy file") from None
-    return _whole(tensor, str(path), layout, channels, meta, check)
+        raise FlashdecodeError(f"input {label} is a directory; pass a latent file ({', '.join(EXTENSIONS)})") from None
+    return _opened(found, str(path), layout, channels, check)
 
 
 def _open_stream(fp, name: str, key, layout, channels, check) -> Latents:
     """A stream (stdin, a named pipe): NPY arrays one after another, or one safetensors file, told by its first bytes."""
     head = _read_upto(fp, npy_format.MAGIC_LEN)
     if head[:6] == npy_format.MAGIC_PREFIX or not head:
-        return _stream(iter_npy_stream(fp, name, head), name, layout, channels, check)
+        return _stream(iter_npy_stream(fp, shown(name), head), name, layout, channels, check)
     head += fp.read(1)
     if head[8:9] == b"{":  # safetensors: a u64 header length, then the JSON header
-        tensor, meta = _load_safetensors_stream(fp, head, key, name)
-        return _whole(tensor, name, layout, channels, meta, check)
-    raise FlashdecodeError(f"{name} is neither NPY arrays (numpy.save) nor a safetensors file "
+        return _opened(_load_safetensors_stream(fp, head, key, shown(name)), name, layout, channels, check)
+    raise FlashdecodeError(f"{shown(name)} is neither NPY arrays (numpy.save) nor a safetensors file "
                            f"(it starts with {head[:9]!r})")
 
 
@@ -477,16 +593,20 @@ def _stdin():
 
 
 def describe(latents: Latents) -> dict:
-    """What `flashdecode info` prints: shape, dtype, layout, latent space guess, frames it decodes to."""
+    """What `flashdecode info` prints: format, shape, dtype, layout, raw or normalized, latent space guess, frames."""
     space, space_why = latents.latent_space_guess()
     B, C, T, h, w = latents.shape
     spatial = LATENT_SPACES[space].spatial if space else None
     return {
         "input": latents.name,
+        "format": latents.format,
+        "key": latents.key,
         "shape": [B, C, T, h, w],
         "dtype": latents.dtype,
         "layout": latents.layout,
         "layout_reason": latents.layout_reason,
+        "raw": bool(latents.raw),  # what `decode` takes them as unless told --raw / --no-raw
+        "raw_reason": latents.raw_reason,
         "latent_space": space,
         "latent_space_reason": space_why,
         "batch": B,

@@ -19,7 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import FlashdecodeError
+from .errors import FlashdecodeError, shown
 from .latent_spaces import LATENT_SPACES
 from .video_io import FPS_RANGE
 
@@ -95,10 +95,12 @@ def output_names(output: str, items: list[int]) -> list[str]:
 # -- the run ----------------------------------------------------------------------------------------------
 
 def decode_file(input, output=None, *, model=None, weights=None, latent_space="auto", layout=None, key=None,
-                raw=False, device=None, dtype=None, compile=None, batch_index=None, fps=None, crf=None,
+                raw=None, device=None, dtype=None, compile=None, batch_index=None, fps=None, crf=None,
                 codec=None, preset=None, stdout_format=None, quiet=True, progress=None, json_path=None,
                 overwrite=False, decoder=None) -> dict:
-    """Decode the latents in `input` (.safetensors, .npy, or '-' for NPY arrays on stdin) to `output`.
+    """Decode the latents in `input` (.safetensors, .npy, ComfyUI .latent, torch.save .pt/.pth, or '-' for NPY
+    arrays on stdin) to `output`. `raw`: True for raw VAE latents, False for normalized ones, None (default):
+    what the file says (a ComfyUI .latent holds raw ones), else normalized.
 
     output: .mp4/.mkv/.mov/.webm, .y4m, a folder or %05d.png pattern, or '-' (stdout; `stdout_format` y4m,
     raw or mp4). Default: input's name with .mp4. A batch goes to OUTPUT_b0, OUTPUT_b1, ... unless
@@ -142,6 +144,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
 
     latents = open_latents(input, key=key, layout=layout, channels=channels)
     space = resolve_latent_space(latent_space, latents, weights_meta)
+    raw = bool(latents.raw if raw is None else raw)
     B, C, T, h, w = latents.shape
     if T == 0:
         raise FlashdecodeError(f"{latents.name} holds no latent frames (shape {list(latents.shape)} as [B,C,T,h,w]); "
@@ -211,7 +214,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     if status == "ok" and display.latent_frames == 0:
         status, failure = "error", FlashdecodeError(f"{latents.name} held no latent frames; nothing was written")
     written = min(wr.frames_written for wr in writers)  # after a full disk: what a reader finds in the file
-    where = ", ".join(outputs)
+    where = ", ".join(shown(o) for o in outputs)  # a name with a newline must not forge a line
     if failure is not None and is_disk_error(failure):
         kept = f"kept the {written} frames written before that" if written else "removed it (no complete frame)"
         failure = FlashdecodeError(f"cannot write {where}: {failure.strerror or failure} (disk full or file-size "
@@ -221,7 +224,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     H, W = decoder.pixel_size(h, w)
     summary = {"status": status, "input": latents.name, "outputs": outputs, "frames": written,
                "width": W, "height": H, "fps": fps, "batch": len(items), "model": decoder.name,
-               "latent_space": space, "dtype": decoder.precision,
+               "latent_space": space, "raw": raw, "dtype": decoder.precision,
                "random_weights": decoder.random_weights, "parameters": decoder.num_parameters(), **stats}
     if failure is not None:
         summary["error"] = str(failure) or type(failure).__name__

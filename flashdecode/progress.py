@@ -14,6 +14,8 @@ from collections import deque
 
 import torch
 
+from .errors import printable
+
 
 def peak_memory(device: torch.device) -> dict:
     """Peak memory so far: CUDA allocated/reserved by torch on a GPU, the process's peak RSS on the CPU."""
@@ -127,5 +129,5 @@ class DecodeProgress:
             self._live.stop()
             self._live = None
         if not self.quiet:
-            print(self.summary(what) + extra, file=self.stream, flush=True)
+            print(printable(self.summary(what) + extra), file=self.stream, flush=True)  # names are in `extra`
         return self.stats()

@@ -1,6 +1,7 @@
 """latents_io: files, NPY streams read as they arrive, layouts, ranks, and one-line errors for bad input."""
 import io
 import json
+import re
 import os
 import struct
 import threading
@@ -102,9 +103,9 @@ def test_nan_inf_says_how_many_and_where(tmp_path):
 def test_file_errors(tmp_path):
     with pytest.raises(FlashdecodeError, match="does not exist"):
         open_latents(tmp_path / "missing.safetensors")
-    (tmp_path / "z.pt").write_bytes(b"x")
-    with pytest.raises(FlashdecodeError, match="unknown input extension '.pt'"):
-        open_latents(tmp_path / "z.pt")
+    (tmp_path / "z.pkl").write_bytes(b"x")
+    with pytest.raises(FlashdecodeError, match="unknown input extension '.pkl'"):
+        open_latents(tmp_path / "z.pkl")
     (tmp_path / "d.npy").mkdir()
     with pytest.raises(FlashdecodeError, match="is a directory"):
         open_latents(tmp_path / "d.npy")
@@ -316,3 +317,170 @@ def test_a_container_memory_limit_bounds_the_free_memory(tmp_path, monkeypatch, 
         memory.check_host_memory(2 << 30, "a 2 GiB claim", "pass less")
     (sub / limit).write_text("max\n" if version == "v2" else str(2 ** 63 - 4096))  # no limit: MemAvailable alone
     assert memory.cgroup_free_memory(str(tmp_path)) is None
+
+
+# -- the files Wan users have: ComfyUI .latent, torch.save .pt/.pth -----------------------------------------
+
+TINY = ["--model", "tiny", "--weights", "random", "--quiet"]
+
+
+def comfy_latent(path, z, marker=True, metadata=None):
+    """What ComfyUI's SaveLatent writes: the LATENT's samples as 'latent_tensor', and an empty version marker."""
+    tensors = {"latent_tensor": z, **({"latent_format_version_0": torch.tensor([])} if marker else {})}
+    save_file(tensors, path, metadata=metadata)
+    return path
+
+
+def decoded(tmp_path, source, *flags) -> bytes:
+    """The y4m bytes (lossless 8-bit frames) `flashdecode decode` writes for `source`, and its JSON summary."""
+    from typer.testing import CliRunner
+
+    from flashdecode.cli import app
+
+    out, summary = tmp_path / f"{Path(source).name}{''.join(flags)}.y4m", tmp_path / "s.json"
+    r = CliRunner().invoke(app, ["decode", str(source), "-o", str(out), *TINY, "--json", str(summary), *flags])
+    assert r.exit_code == 0, r.stderr
+    return out.read_bytes(), json.loads(summary.read_text())
+
+
+def test_comfyui_latent_decodes_as_raw_by_default(tmp_path):
+    """A ComfyUI .latent holds raw VAE latents: decoded without --raw it gives the frames of the same tensor
+    decoded from .npy WITH --raw; --no-raw overrides the file."""
+    z = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    np.save(tmp_path / "z.npy", z.numpy())
+    latent = comfy_latent(tmp_path / "clip.latent", z, metadata={"prompt": "{}"})
+    comfy, s = decoded(tmp_path, latent)
+    raw, _ = decoded(tmp_path, tmp_path / "z.npy", "--raw")
+    normalized, s_norm = decoded(tmp_path, tmp_path / "z.npy")
+    assert comfy == raw and comfy != normalized
+    assert s["raw"] is True and s_norm["raw"] is False
+    assert decoded(tmp_path, latent, "--no-raw")[0] == normalized
+
+
+def test_comfyui_latent_layout_marker_and_image_batches(tmp_path):
+    # 16 channels and 16 frames is ambiguous for a bare array; a ComfyUI file is always [B,C,T,h,w]
+    z = torch.randn(1, 16, 16, 2, 2)
+    lat = open_latents(comfy_latent(tmp_path / "sq.latent", z))
+    assert (lat.layout, lat.format, lat.key, lat.raw) == ("ncthw", "ComfyUI .latent", "latent_tensor", True)
+    assert "ComfyUI" in lat.layout_reason and torch.equal(all_chunks(lat), z)
+    np.save(tmp_path / "sq.npy", z.numpy())
+    assert open_latents(tmp_path / "sq.npy").layout_reason.startswith("default (ambiguous")
+    # Wan2.2's 48 channels, 16 frames: the same, and the space is told by the channels
+    lat = open_latents(comfy_latent(tmp_path / "w22.latent", torch.randn(2, 48, 16, 2, 2)))
+    assert lat.shape == (2, 48, 16, 2, 2) and lat.latent_space_guess()[0] == "wan2.2"
+    # an image batch [B,C,h,w] is B one-frame items
+    lat = open_latents(comfy_latent(tmp_path / "img.latent", torch.randn(3, 16, 4, 4)))
+    assert lat.shape == (3, 16, 1, 4, 4)
+    # no version marker: still raw Wan latents, and NOT scaled by ComfyUI's legacy SD 1.x 1/0.18215
+    lat = open_latents(comfy_latent(tmp_path / "old.latent", z, marker=False))
+    assert lat.raw is True and "0.18215" in lat.raw_reason and torch.equal(all_chunks(lat), z)
+    # the same content under .safetensors is the same thing (ComfyUI's files get renamed)
+    assert open_latents(comfy_latent(tmp_path / "renamed.safetensors", z)).format == "ComfyUI .latent"
+    # and on stdin
+    lat = open_latents("-", stdin=io.BytesIO((tmp_path / "sq.latent").read_bytes()))
+    assert lat.raw is True and torch.equal(all_chunks(lat), z)
+
+
+def test_encode_metadata_says_normalized(tmp_path):
+    z = torch.randn(1, 16, 1, 2, 2)
+    save_file({"latents": z}, tmp_path / "n.safetensors", metadata={"normalized": "true"})
+    save_file({"latents": z}, tmp_path / "r.safetensors", metadata={"normalized": "false"})
+    assert open_latents(tmp_path / "n.safetensors").raw is False
+    assert open_latents(tmp_path / "r.safetensors").raw is True
+    assert open_latents(CROP).raw is False  # flashdecode encode's own files
+
+
+@pytest.mark.parametrize("key", ["samples", "latents", "latent", "z"])
+def test_torch_save_dict_keys(tmp_path, key):
+    z = torch.randn(1, 16, 2, 4, 4)
+    torch.save({key: z, "batch_index": [0], "fps": 24, "other": torch.zeros(3)}, tmp_path / "d.pth")
+    lat = open_latents(tmp_path / "d.pth")
+    assert (lat.format, lat.key, lat.metadata["fps"]) == ("torch.save", key, "24")
+    assert lat.raw is (True if key == "samples" else None)  # 'samples' is ComfyUI's LATENT dict: raw VAE latents
+    assert torch.equal(all_chunks(lat), z)
+
+
+def test_torch_save_tensor_decodes_like_npy(tmp_path):
+    z = torch.randn(1, 16, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    np.save(tmp_path / "z.npy", z.numpy())
+    torch.save(z, tmp_path / "z.pt")
+    torch.save(z.to(torch.bfloat16), tmp_path / "old.pt", _use_new_zipfile_serialization=False)  # read whole
+    pt, s = decoded(tmp_path, tmp_path / "z.pt")
+    assert pt == decoded(tmp_path, tmp_path / "z.npy")[0] and s["raw"] is False
+    assert torch.equal(all_chunks(open_latents(tmp_path / "old.pt")), z.to(torch.bfloat16))
+
+
+class Pwn:
+    """A pickle that creates a file when unpickled: flashdecode must never unpickle it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+def test_pickled_object_in_pt_is_refused_and_never_runs(tmp_path, zipped):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    if zipped:
+        torch.save({"samples": Pwn(marker)}, path)
+    else:
+        path.write_bytes(pickle.dumps(Pwn(marker), protocol=2))
+    with pytest.raises(FlashdecodeError, match=r"evil.pt holds a pickled Python object \(posix.system\).*never unpickles"):
+        open_latents(path)
+    assert not marker.exists()
+    from typer.testing import CliRunner
+
+    from flashdecode.cli import app
+
+    for argv in (["decode", str(path), "-o", str(tmp_path / "out.mp4"), *TINY], ["info", str(path)]):
+        r = CliRunner().invoke(app, argv)
+        assert r.exit_code == 2 and isinstance(r.exception, (SystemExit, type(None))), r.exception  # no traceback
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr  # exactly one line
+        assert not marker.exists() and not (tmp_path / "out.mp4").exists()
+
+
+def test_torch_save_bad_contents_are_one_line(tmp_path):
+    cases = {
+        "list.pt": ([torch.zeros(1, 16, 1, 2, 2)], "holds a list, not a tensor or a dict"),
+        "nodict.pt": ({"fps": 24}, "dict without a tensor"),
+        "two.pt": ({"a": torch.zeros(16, 1, 2, 2), "b": torch.zeros(16, 1, 2, 2)}, "holds 2 tensors .*--key"),
+        "complex.pt": (torch.zeros(16, 1, 2, 2, dtype=torch.complex64), "dtype complex64"),
+        "sparse.pt": (torch.zeros(16, 4).to_sparse(), "dtype torch.sparse_coo"),
+        "bool.pt": ({"latents": torch.zeros(16, 1, 2, 2, dtype=torch.bool)}, "tensor 'latents' has dtype bool"),
+        "empty.pt": (torch.zeros(16, 0, 2, 2), "every axis must be at least 1"),
+    }
+    for name, (obj, words) in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(FlashdecodeError, match=words):
+            list(open_latents(tmp_path / name).chunks)
+    torch.save(torch.zeros(16, 1, 2, 2), tmp_path / "t.pt")
+    with pytest.raises(FlashdecodeError, match="one tensor, not a dict: --key 'x'"):
+        open_latents(tmp_path / "t.pt", key="x")
+    data = (tmp_path / "t.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "junk.pth").write_bytes(b"x" * 10)
+    for name in ("cut.pt", "junk.pth"):
+        with pytest.raises(FlashdecodeError, match="truncated or not a torch.save file|corrupt"):
+            open_latents(tmp_path / name)
+
+
+def test_info_describes_the_format_and_values(tmp_path):
+    from typer.testing import CliRunner
+
+    from flashdecode.cli import app
+
+    comfy_latent(tmp_path / "c.latent", torch.randn(1, 48, 2, 4, 4))
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "c.latent"), "--json"])
+    d = json.loads(r.stdout)
+    assert (d["format"], d["key"], d["raw"], d["latent_space"]) == ("ComfyUI .latent", "latent_tensor", True, "wan2.2")
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "c.latent")])
+    assert re.search(r"format +ComfyUI .latent, tensor 'latent_tensor'", r.stdout)
+    assert re.search(r"values +raw VAE latents, decoded as --raw \(ComfyUI .latent\)", r.stdout)
+    torch.save(torch.randn(1, 16, 1, 4, 4), tmp_path / "t.pt")
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "t.pt")])
+    assert re.search(r"values +normalized \(the file does not say; pass --raw", r.stdout), r.stdout

@@ -17,7 +17,7 @@ import sys
 import typer
 
 from ..console import interrupt_in
-from ..errors import FlashdecodeError
+from ..errors import FlashdecodeError, printable
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -25,11 +25,12 @@ EXIT_BROKEN_PIPE = 141
 
 
 def error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    """One line, always: a newline or an escape sequence from a file name cannot forge or hide another line."""
+    print(f"error: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr, flush=True)
+    print(f"note: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def _silence_stdout() -> None:

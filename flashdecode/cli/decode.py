@@ -19,10 +19,11 @@ from .common import run_guarded
 @app.command()
 @run_guarded
 def decode(
-    input: list[str] = typer.Argument(..., help="Latents: .safetensors, .npy, or '-' for stdin (NPY arrays as they "
-                                                "arrive, or one safetensors file). Several files, a folder or a glob: "
-                                                "one video each into the folder -o DIR/ (under torchrun, shared "
-                                                "out across the ranks, one GPU each)."),
+    input: list[str] = typer.Argument(..., help="Latents: .safetensors, .npy, ComfyUI .latent, torch.save .pt/.pth, "
+                                                "or '-' for stdin (NPY arrays as they arrive, or one safetensors "
+                                                "file). Several files, a folder or a glob: one video each into the "
+                                                "folder -o DIR/ (under torchrun, shared out across the ranks, one "
+                                                "GPU each)."),
     output: str = typer.Option(None, "-o", "--output", help="Video: .mp4/.mkv/.mov/.webm, .y4m, a folder or "
                                "%05d.png pattern (PNG sequence), or '-' for stdout. Default: INPUT's name .mp4 "
                                "(stdout for stdin)."),
@@ -33,9 +34,11 @@ def decode(
                                      "then the checkpoint, then the channel count)."),
     layout: str = typer.Option(None, "--layout", help="ncthw or ntchw. Default: file metadata, else the channel "
                                "count where unambiguous, else ncthw."),
-    key: str = typer.Option(None, "--key", help="Tensor name in a .safetensors file (default: 'latents' or the only one)."),
-    raw: bool = typer.Option(False, "--raw", help="Latents are un-normalized VAE latents (default: normalized, "
-                             "as diffusion pipelines pass them)."),
+    key: str = typer.Option(None, "--key", help="Tensor name in a .safetensors/.latent file or a torch.save dict "
+                            "(default: latents, latent_tensor, samples, latent, z, or the only one)."),
+    raw: bool = typer.Option(None, "--raw/--no-raw", help="Latents are raw (un-normalized) VAE latents / normalized "
+                             "ones, as diffusion pipelines pass them. Default: what the file says (ComfyUI .latent: "
+                             "raw), else normalized."),
     device: str = typer.Option(None, "--device", help="cuda, cuda:1, cpu (default: cuda if available)."),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16, fp32, or fp8 (e4m3 weights, bf16 elsewhere) "
                               "(default: bf16 on cuda, fp32 on cpu)."),
@@ -75,14 +78,16 @@ def decode(
 @app.command()
 @run_guarded
 def info(
-    input: str = typer.Argument(..., help="Latents: .safetensors, .npy, or '-' (stdin)."),
-    key: str = typer.Option(None, "--key", help="Tensor name in a .safetensors file."),
+    input: str = typer.Argument(..., help="Latents: .safetensors, .npy, ComfyUI .latent, torch.save .pt/.pth, or "
+                                          "'-' (stdin)."),
+    key: str = typer.Option(None, "--key", help="Tensor name in a .safetensors/.latent file or a torch.save dict."),
     layout: str = typer.Option(None, "--layout", help="ncthw or ntchw (default: guess)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Shape, dtype, layout and latent-space guesses, and the frames a latent file decodes to."""
+    """Format, shape, dtype, layout, raw or normalized, latent-space guess, and the frames a latent file decodes to."""
     import torch
 
+    from ..errors import shown
     from ..latent_spaces import pixel_frames
     from ..latents_io import describe, open_latents
 
@@ -99,16 +104,22 @@ def info(
         return
     B, C, T, h, w = d["shape"]
     size = f"{d['width']}x{d['height']}" if d["width"] else "? (unknown latent space)"
+    why = d["raw_reason"]
+    values = f"raw VAE latents, decoded as --raw ({why})" if d["raw"] else \
+        f"normalized ({why}; pass --raw if they are raw VAE latents)"
     rows = [
-        ("input", d["input"]),
+        ("input", shown(d["input"])),
+        ("format", d["format"] + (f", tensor {d['key']!r}" if d["key"] is not None else "")),
         ("shape", f"{list(d['shape'])} as [B, C, T, h, w]"),
         ("dtype", d["dtype"]),
         ("layout", f"{d['layout']} ({d['layout_reason']})"),
+        ("values", values),
         ("latent space", f"{d['latent_space'] or '?'} ({d['latent_space_reason']})"),
         ("decodes to", f"{pixel_frames(T)} frames of {size}" + (f" per item, {B} items" if B > 1 else "")),
         ("NaN/Inf", "none" if not bad else f"{bad} values (decode will refuse)"),
     ]
-    rows += [(f"metadata.{k}", str(v)) for k, v in d["metadata"].items()]
+    # a file's own text: escaped, and cut (ComfyUI stores its whole workflow as JSON in 'prompt' and 'workflow')
+    rows += [(f"metadata.{shown(k, 60)}", shown(v, 200)) for k, v in d["metadata"].items()]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
