@@ -40,6 +40,7 @@ EXTENSIONS = (".safetensors", ".npy", ".latent", ".pt", ".pth")
 TORCH_EXTENSIONS = (".pt", ".pth")
 LATENT_KEYS = ("latents", "latent_tensor", "samples", "latent", "z")  # the tensor a file's key names, in this order
 COMFY_KEY, COMFY_MARKER = "latent_tensor", "latent_format_version_0"  # ComfyUI's SaveLatent (see the docstring)
+UNSAID = "the file does not say"  # whether its values are raw or normalized (decoded as normalized unless --raw)
 CHANNELS_TO_SPACE = {16: "wan2.1", 48: "wan2.2"}  # "demo" is also 48 channels: only metadata can say so
 
 
@@ -441,7 +442,7 @@ class Latents:
     format: str = "npy"  # npy, NPY stream, safetensors, ComfyUI .latent, torch.save
     key: str | None = None  # the tensor's name in the file
     raw: bool | None = None
-    raw_reason: str = "the file does not say"
+    raw_reason: str = UNSAID
 
     @property
     def batch(self) -> int:
@@ -496,7 +497,7 @@ def _opened(found: _Found, name: str, layout, channels, check) -> Latents:
         fmt, raw = found.format, found.metadata["normalized"].lower() == "false"
         why = "file metadata 'normalized'"
     else:
-        fmt, raw, why = found.format, None, "the file does not say"
+        fmt, raw, why = found.format, None, UNSAID
     latents = _whole(found.tensor, name, layout, channels, found.metadata, check, comfy)
     latents.format, latents.key, latents.raw, latents.raw_reason = fmt, found.key, raw, why
     return latents

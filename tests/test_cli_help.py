@@ -31,7 +31,7 @@ def test_help_has_no_type_tags(command):
 def test_decode_help_names_its_input_and_values():
     out = run("decode", "--help").output
     assert re.search(r"Usage: flashdecode decode \[OPTIONS\] INPUT", out)
-    assert re.search(r"--crf\s+INTEGER", out) and re.search(r"--raw\s{2,}Latents", out)
+    assert re.search(r"--crf\s+INTEGER", out) and re.search(r"--raw\s+--no-raw\s+Latents", out)
 
 
 def test_train_recipe_uses_real_options():

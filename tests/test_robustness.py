@@ -45,6 +45,7 @@ CLIP = REPO / "tests" / "data" / "carphone_176x144_30fps_33f.mp4"  # 33 frames, 
 TINY = ["--model", "tiny", "--weights", "random"]
 CAP_BYTES = 4 << 30  # address-space cap of the "capped" rows: torch's own mappings fit, a claimed petabyte does not
 RSS_BOUND = 2 << 30  # peak resident memory of the whole capped process (torch + every capped row)
+TERMINAL_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # what no message may carry raw: CR, ESC, BEL...
 
 
 # -- inputs: small files that lie ------------------------------------------------------------------------
@@ -146,6 +147,7 @@ class Case:
     how: str = "inproc"  # inproc | capped | process
     usage: bool = False  # a click usage error (bad option type): its own boxed "Error", exit 2
     marks: tuple = ()
+    out: str | None = None  # regex stdout must match (in-process rows)
 
 
 def C(*args, **kw) -> Case:
@@ -316,6 +318,27 @@ CASES = [
       error="FLASHDECODE_AVAILABLE_MEMORY"),
     C("info-stdin-closed", ["info", "-"], error="stdin is closed", how="process"),
     C("info-bad-layout", ["info", str(CROP), "--layout", "xyz"], error="layout"),
+    # ---- forged and hostile text: a file's names and metadata reach the terminal escaped, long lists cut (19.7)
+    C("info-metadata-escapes", ["info", "{tmp}/x.safetensors"], code=0, error=None,
+      files={"x.safetensors": lambda: crop_with(**{"title\x1b]0;pwned\x07": "ok\r\nerror: forged\x1b[2J\x07"})},
+      out=r"metadata\.'title\\x1b\]0;pwned\\x07' +'ok\\r\\nerror: forged\\x1b\[2J\\x07'"),
+    C("decode-output-name-newline", [*DEC, str(CROP), "-o", "{tmp}/ok\nerror: forged.mp4", *TINY], code=0, error=None,
+      left={"ok\nerror: forged.mp4": "playable"}),
+    C("decode-input-name-escapes", [*DEC, "{tmp}/\x1b[2J\x07z.npy", *OUT, *TINY],
+      files={"\x1b[2J\x07z.npy": npy(np.full((1, 16, 2, 8, 8), np.nan, "f4"))}, error=r"\\x1b\[2J\\x07z\.npy' contains",
+      left=GONE),
+    C("decode-input-name-escapes-missing", [*DEC, "{tmp}/\x1b]0;t\x07.npy", *OUT, *TINY],
+      error=r"\\x1b\]0;t\\x07\.npy' does not exist", left=GONE),
+    C("decode-20000-tensor-names", [*DEC, "{tmp}/x.safetensors", *OUT, *TINY],
+      files={"x.safetensors": lambda: st({f"t{i:05d}": torch.zeros(1) for i in range(20000)})},
+      error=r"holds 20000 tensors \(t00000, .*, t00009, \.\.\. and 19,990 more\)", left=GONE),
+    C("info-20000-tensor-names-key", ["info", "{tmp}/x.safetensors", "--key", "nope\x1b[2J"],
+      files={"x.safetensors": lambda: st({f"t{i:05d}\x1b": torch.zeros(1) for i in range(20000)})},
+      error=r"no tensor 'nope\\x1b\[2J'; it has 't00000\\x1b', .* and 19,990 more$"),
+    C("decode-pt-pickle-never-run", [*DEC, "{tmp}/x.pt", *OUT, *TINY], files={"x.pt": lambda: evil_pth(True)},
+      env={"ROBUSTNESS_PWNED": "{tmp}/pwned"}, error=r"x\.pt holds a pickled Python object", left={"pwned": "absent", **GONE}),
+    C("info-pth-legacy-pickle-never-run", ["info", "{tmp}/x.pth"], files={"x.pth": lambda: evil_pth(False)},
+      env={"ROBUSTNESS_PWNED": "{tmp}/pwned"}, error=r"x\.pth holds a pickled Python object", left={"pwned": "absent"}),
     # ---- encode ----------------------------------------------------------------------------------------
     C("encode-ok-control", ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--size", "32x32", "--frames", "5", "-q"], code=0, error=None),
     C("encode-size-16000", ["encode", str(CLIP), "-o", "{tmp}/z.safetensors", "--size", "16000x16000"], error="available",
@@ -462,7 +485,7 @@ def _invoke(argv, stdin, env) -> dict:
         import traceback
 
         trace = "Traceback (most recent call last):\n" + "".join(traceback.format_exception(exc))
-    return {"code": result.exit_code, "stderr": result.stderr + trace, "stdout": ""}
+    return {"code": result.exit_code, "stderr": result.stderr + trace, "stdout": result.stdout}
 
 
 def _capped_child() -> None:
@@ -578,6 +601,10 @@ def test_abuse(case: Case, tmp_path, request):
         res = _invoke(argv, stdin, env) if case.how == "inproc" else _run_process(case, argv, env)
     err = res["stderr"]
     assert "Traceback" not in err, err
+    for text in (err, res.get("stdout", "")):  # a file's names and metadata cannot drive the terminal or forge lines
+        assert not TERMINAL_CONTROL.search(text), text[:2000]
+    if case.out is not None:
+        assert re.search(case.out, res["stdout"]), res["stdout"]
     assert res["code"] == case.code, err
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     if case.usage:
@@ -587,6 +614,7 @@ def test_abuse(case: Case, tmp_path, request):
     else:
         assert len(lines) == 1, err
         assert re.search(case.error, lines[0], re.I), lines[0]
+        assert len(lines[0]) < 2000, f"an error line of {len(lines[0])} characters"
     for name, state in case.left.items():
         path = tmp / name
         if state == "absent":

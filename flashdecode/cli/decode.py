@@ -89,7 +89,7 @@ def info(
 
     from ..errors import shown
     from ..latent_spaces import pixel_frames
-    from ..latents_io import describe, open_latents
+    from ..latents_io import UNSAID, describe, open_latents
 
     latents = open_latents(input, key=key, layout=layout, check=False)
     T, bad = 0, 0
@@ -104,9 +104,8 @@ def info(
         return
     B, C, T, h, w = d["shape"]
     size = f"{d['width']}x{d['height']}" if d["width"] else "? (unknown latent space)"
-    why = d["raw_reason"]
-    values = f"raw VAE latents, decoded as --raw ({why})" if d["raw"] else \
-        f"normalized ({why}; pass --raw if they are raw VAE latents)"
+    why = d["raw_reason"] + ("; pass --raw if they are raw VAE latents" if d["raw_reason"] == UNSAID else "")
+    values = f"raw VAE latents, decoded as --raw ({why})" if d["raw"] else f"normalized ({why})"
     rows = [
         ("input", shown(d["input"])),
         ("format", d["format"] + (f", tensor {d['key']!r}" if d["key"] is not None else "")),
