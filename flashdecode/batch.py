@@ -179,7 +179,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     try:
         for n, i in enumerate(mine):
             where = f" on rank 0 of {world}" if world > 1 else ""
-            display.label = f"decode [{n + 1}/{len(mine)}{where}] {files[i].name}"
+            display.label = f"decode [{n + 1}/{len(mine)}{where}] {shown(files[i].name)}"
             seen = [0, 0]
 
             def progress(latent_frames, pixel_frames):

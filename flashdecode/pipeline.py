@@ -40,7 +40,7 @@ def resolve_latent_space(requested: str, latents, weights_meta: dict) -> str:
         from_file = latents.metadata.get("latent_space")
         from_weights = weights_meta.get("latent_space")
         if from_file in LATENT_SPACES and from_weights and from_file != from_weights:
-            raise FlashdecodeError(f"{latents.name} holds {from_file} latents (its metadata) but the weights were trained "
+            raise FlashdecodeError(f"{shown(latents.name)} holds {from_file} latents (its metadata) but the weights were trained "
                                    f"for {from_weights}; pass weights for {from_file}")
         space, why = latents.latent_space_guess()
         if from_file not in LATENT_SPACES and from_weights in LATENT_SPACES:
@@ -52,7 +52,7 @@ def resolve_latent_space(requested: str, latents, weights_meta: dict) -> str:
         hint = " (or the file is NTCHW: pass --layout ntchw)" if latents.layout == "ncthw" and plausible else ""
         expected = f"latent space {space!r} ({why}) has {channels}" if space else \
             "wan2.1 has 16, wan2.2 and demo have 48"
-        raise FlashdecodeError(f"{latents.name} has {latents.channels} channels (shape {list(latents.shape)} as "
+        raise FlashdecodeError(f"{shown(latents.name)} has {latents.channels} channels (shape {list(latents.shape)} as "
                                f"[B,C,T,h,w], layout {latents.layout}) but {expected}; pass the matching "
                                f"--latent-space/--weights{hint}")
     return space
@@ -64,7 +64,7 @@ def resolve_fps(fps, metadata: dict, name: str) -> float:
     if fps is not None:
         value, source = fps, f"--fps {fps}"
     elif metadata.get("fps") is not None:
-        value, source = metadata["fps"], f"the 'fps' metadata of {name} ({metadata['fps']!r})"
+        value, source = metadata["fps"], f"the 'fps' metadata of {shown(name)} ({metadata['fps']!r})"
     else:
         return DEFAULT_FPS
     try:
@@ -79,11 +79,11 @@ def resolve_fps(fps, metadata: dict, name: str) -> float:
 
 def check_json_path(json_path: Path) -> None:
     if json_path.is_dir():
-        raise FlashdecodeError(f"--json {json_path} is a folder; give a file name like {json_path / 'summary.json'}")
+        raise FlashdecodeError(f"--json {shown(json_path)} is a folder; give a file name like {shown(json_path / 'summary.json')}")
     if not json_path.parent.is_dir():
-        raise FlashdecodeError(f"--json {json_path}: folder {json_path.parent} does not exist")
+        raise FlashdecodeError(f"--json {shown(json_path)}: folder {shown(json_path.parent)} does not exist")
     if not os.access(json_path.parent, os.W_OK) or (json_path.exists() and not os.access(json_path, os.W_OK)):
-        raise FlashdecodeError(f"--json {json_path} is not writable; pick another path")
+        raise FlashdecodeError(f"--json {shown(json_path)} is not writable; pick another path")
 
 
 def output_names(output: str, items: list[int]) -> list[str]:
@@ -147,16 +147,16 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     raw = bool(latents.raw if raw is None else raw)
     B, C, T, h, w = latents.shape
     if T == 0:
-        raise FlashdecodeError(f"{latents.name} holds no latent frames (shape {list(latents.shape)} as [B,C,T,h,w]); "
+        raise FlashdecodeError(f"{shown(latents.name)} holds no latent frames (shape {list(latents.shape)} as [B,C,T,h,w]); "
                                "nothing to decode")
     patch = LATENT_SPACES[space].patch
     if h % patch or w % patch:
         raise FlashdecodeError(f"latent grid {h}x{w} must be a multiple of {patch} for {space}; check the producer")
     if batch_index is not None and not 0 <= batch_index < B:
-        raise FlashdecodeError(f"--batch-index {batch_index} is out of range: {latents.name} holds a batch of {B}")
+        raise FlashdecodeError(f"--batch-index {batch_index} is out of range: {shown(latents.name)} holds a batch of {B}")
     items = [batch_index] if batch_index is not None else list(range(B))
     if len(items) > 1 and output == "-":
-        raise FlashdecodeError(f"{latents.name} holds a batch of {B}; stdout takes one video: pass --batch-index N")
+        raise FlashdecodeError(f"{shown(latents.name)} holds a batch of {B}; stdout takes one video: pass --batch-index N")
     outputs = output_names(output, items)
     fps = resolve_fps(fps, latents.metadata, latents.name)
 
@@ -174,7 +174,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
             if decoder.random_weights:  # said even when quiet: the video will be noise
                 print(RANDOM_WEIGHTS_NOTE, file=sys.stderr, flush=True)
         elif decoder.latent_space.name != space:
-            raise FlashdecodeError(f"{latents.name} holds {space} latents but the decoder is for "
+            raise FlashdecodeError(f"{shown(latents.name)} holds {space} latents but the decoder is for "
                                    f"{decoder.latent_space.name}; decode files of one latent space together")
         check_memory(decoder, len(items), h, w)
         stack.pop_all()
@@ -212,7 +212,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     if status == "ok" and close_error is not None:
         status, failure = "error", close_error
     if status == "ok" and display.latent_frames == 0:
-        status, failure = "error", FlashdecodeError(f"{latents.name} held no latent frames; nothing was written")
+        status, failure = "error", FlashdecodeError(f"{shown(latents.name)} held no latent frames; nothing was written")
     written = min(wr.frames_written for wr in writers)  # after a full disk: what a reader finds in the file
     where = ", ".join(shown(o) for o in outputs)  # a name with a newline must not forge a line
     if failure is not None and is_disk_error(failure):

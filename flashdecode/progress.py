@@ -69,7 +69,7 @@ class DecodeProgress:
             self._live.update(self._render(), refresh=True)
         elif not self.quiet and (self.latent_frames == latent_frames or now - self._last_plain >= self.plain_every_s):
             self._last_plain = now
-            print(self._line(), file=self.stream, flush=True)
+            print(printable(self._line()), file=self.stream, flush=True)
 
     def stats(self) -> dict:
         elapsed = time.perf_counter() - self.start

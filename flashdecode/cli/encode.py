@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from ..errors import shown
 from . import app
 from .common import check_frames, parse_hw, run_guarded
 
@@ -182,8 +183,9 @@ def encode(
             "source": str(video), "fps": f"{info.fps:g}", "frames": str(n), "start": str(start),
             "size": f"{target[0]}x{target[1]}", "teacher": enc.name})
     if not quiet:
-        print(f"encoded {n} frames of {video} at {target[0]}x{target[1]} (HxW) with {enc.name} -> {enc.latent_space.name} "
-              f"latents {shape} {dtype} -> {'stdout' if output == '-' else output}", file=sys.stderr)
+        print(f"encoded {n} frames of {shown(video)} at {target[0]}x{target[1]} (HxW) with {enc.name} -> "
+              f"{enc.latent_space.name} latents {shape} {dtype} -> {'stdout' if output == '-' else shown(output)}",
+              file=sys.stderr)
 
 
 @app.command("fit-demo-teacher", hidden=True)
