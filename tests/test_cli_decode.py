@@ -316,7 +316,8 @@ def nan_latents():
 
 ERRORS = {  # name: (make input -> path, extra args, expected message)
     "missing input": (lambda t: str(t / "nope.safetensors"), [], "input .*nope.safetensors does not exist"),
-    "unknown input extension": (lambda t: _write(t, "z.pt", b"\x80\x02"), [], "unknown input extension '.pt'"),
+    "unknown input extension": (lambda t: _write(t, "z.ckpt", b"\x80\x02"), [], "unknown input extension '.ckpt'"),
+    "cut pickle as .pt": (lambda t: _write(t, "z.pt", b"\x80\x02"), [], "z.pt is truncated or not a torch.save"),
     "unknown output extension": (lambda t: str(CROP), ["-o", "{t}/out.avi"], "unknown output extension '.avi'"),
     "truncated safetensors": (lambda t: _write(t, "cut.safetensors", CROP.read_bytes()[:-64]), [],
                               "is truncated or not a valid safetensors file"),

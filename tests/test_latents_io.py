@@ -484,3 +484,16 @@ def test_info_describes_the_format_and_values(tmp_path):
     torch.save(torch.randn(1, 16, 1, 4, 4), tmp_path / "t.pt")
     r = CliRunner().invoke(app, ["info", str(tmp_path / "t.pt")])
     assert re.search(r"values +normalized \(the file does not say; pass --raw", r.stdout), r.stdout
+
+
+def test_text_from_files_is_shown_escaped():
+    from flashdecode.errors import listed, printable, shown
+
+    assert shown("clip 01 é 视频.npy") == "clip 01 é 视频.npy"  # printable text is left as it is
+    assert shown("a\x1b[2Jb\nerror: x") == "'a\\x1b[2Jb\\nerror: x'"
+    assert shown("x\u202etxt.npy") == "'x\\u202etxt.npy'"  # a right-to-left override cannot reorder the line
+    assert shown(os.fsdecode(b"bad\xff.npy")) == "'bad\\udcff.npy'"  # an undecodable name prints, escaped
+    assert shown("y" * 500, 10) == "yyyyyyyyyy... (490 more characters)"
+    assert listed(["a", "b\x07"]) == "a, 'b\\x07'"
+    assert listed([f"t{i}" for i in range(20000)]).endswith("t9, ... and 19,990 more")
+    assert printable("ok\r\nerror: forged\x1b]0;t\x07") == "ok\\r\\nerror: forged\\x1b]0;t\\x07"
