@@ -18,6 +18,7 @@ lands they XPASS, which fails the run until the mark is removed.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -674,6 +675,31 @@ def train_state(model=None, nan=False, **entries) -> bytes:
     return buf.getvalue()
 
 
+def stepped_train_state(nan_moment: bool) -> bytes:
+    """The train_state.pt of a `--model tiny --teacher demo` run after one optimizer step, built from train's own
+    parts; a NaN in one Adam moment on request (what a diverged or corrupt run leaves)."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from flashdecode.engine import build_model
+    from flashdecode.model import ModelConfig
+    from flashdecode.training.train import param_groups
+
+    model = build_model(ModelConfig.build("tiny", "demo"), "cpu")
+    ema = AveragedModel(model)
+    opt = torch.optim.AdamW(param_groups(model, 0.01, 1e-4, 1.0), lr=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    for q in model.parameters():
+        q.grad = torch.ones_like(q)
+    opt.step()
+    sched.step()
+    if nan_moment:
+        next(iter(opt.state.values()))["exp_avg"].view(-1)[0] = float("nan")
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "step": 1, "best": None, "evals": []}, buf)
+    return buf.getvalue()
+
+
 def tiny_vae_file(nan=False) -> bytes:
     """A tiny random Wan2.1 VAE's state dict as one .safetensors file (a NaN in it on request)."""
     from flashdecode.training.teachers import tiny_wan_vae
@@ -682,6 +708,21 @@ def tiny_vae_file(nan=False) -> bytes:
     if nan:
         state["decoder.conv_out.weight"].view(-1)[0] = float("nan")
     return st(state)
+
+
+@functools.cache
+def tiny_vae_folder_nan() -> dict:
+    """A tiny random Wan2.1 diffusers folder (config.json + weights) with one NaN weight: {name: bytes}."""
+    import tempfile
+
+    from flashdecode.training.teachers import tiny_wan_vae
+
+    vae = tiny_wan_vae("wan2.1")
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.view(-1)[0] = float("nan")
+    with tempfile.TemporaryDirectory() as d:
+        vae.save_pretrained(d)
+        return {f"vae/{f.name}": f.read_bytes() for f in Path(d).iterdir()}
 
 
 ENC = ["encode", str(CLIP), "-o", "{tmp}/z.npy", "--size", "32x32", "--frames", "5"]
@@ -733,6 +774,10 @@ TEACHER_AND_STATE_CASES = [
     C("encode-vae-file-nan", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae.safetensors"],
       files={"vae.safetensors": lambda: tiny_vae_file(nan=True)}, error="NaN or Inf values in decoder.conv_out.weight",
       left=NO_Z),
+    C("encode-vae-folder-nan", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae"], files={name: lambda name=name: tiny_vae_folder_nan()[name]
+                                                          for name in ("vae/config.json",
+                                                                       "vae/diffusion_pytorch_model.safetensors")},
+      error="NaN or Inf values in decoder.conv_out.weight", left=NO_Z),
     C("encode-vae-file-wrong-shapes", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae.safetensors"],
       files={"vae.safetensors": tiny_vae_file}, error="in the file", left=NO_Z),  # a tiny VAE is not the real Wan2.1
     C("encode-vae-pth-not-a-state-dict", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae.pth"],
@@ -765,7 +810,13 @@ TEACHER_AND_STATE_CASES = [
     C("eval-compare-disk-full", [*EVAL, "--compare", "{tmp}/c.mp4"], error="cannot write --compare",
       left={"c.mp4": "absent or playable"}, how="fsize"),
     C("train-resume-optimizer-for-other-parameters", RESUME, files={"run/train_state.pt": train_state},
-      error="optimizer state", left={"run/decoder.safetensors": "absent"}),
+      error="EMA/optimizer/schedule state .* does not fit", left={"run/decoder.safetensors": "absent"}),
+    C("train-resume-nan-adam-moment", RESUME, files={"run/train_state.pt": lambda: stepped_train_state(True)},
+      error="NaN or Inf values in opt state 0 exp_avg", left={"run/decoder.safetensors": "absent"}),
+    C("train-resume-control", [*RESUME[:-3], "--steps", "2", "--eval-every", "100", "--resume"],
+      files={"run/train_state.pt": lambda: stepped_train_state(False)}, code=0, error=None),
+    C("train-resume-schedule-junk", RESUME, files={"run/train_state.pt": lambda: train_state(sched={"base_lrs": "x"})},
+      error="schedule entry 'base_lrs'", left={"run/decoder.safetensors": "absent"}),
 ]
 
 

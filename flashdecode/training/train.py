@@ -245,14 +245,29 @@ def read_train_state(path: Path, model) -> dict:
 
 
 def resume_optimizer(path: Path, state: dict, ema, opt, sched) -> None:
-    """The rest of a checked train_state.pt: EMA weights, optimizer and schedule (one line if they do not fit)."""
+    """The rest of a checked train_state.pt: EMA weights, optimizer moments and schedule, each of the shape and
+    type this run's own have, and finite (a NaN moment would turn every weight NaN at the first step)."""
+    from ..checkpoint import check_finite
+
+    def refuse(why: str) -> FlashdecodeError:
+        return FlashdecodeError(f"--resume: the EMA/optimizer/schedule state in {path} does not fit this run ({why}); "
+                                "start without --resume or in a new --out")
+
+    own = sched.state_dict()  # LambdaLR.load_state_dict copies any entry into the scheduler's attributes: check first
+    junk = [k for k, v in state["sched"].items() if k not in own or type(v) is not type(own[k])] \
+        if isinstance(state["sched"], dict) else ["sched"]
+    if junk:
+        raise refuse(f"schedule entry {str(junk[0])[:40]!r}")
     try:
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
     except (ValueError, RuntimeError, KeyError, TypeError, AttributeError) as e:
-        raise FlashdecodeError(f"--resume: the optimizer state in {path} does not fit this run "
-                               f"({str(e).splitlines()[0][:200]}); start without --resume or in a new --out") from None
+        raise refuse(str(e).splitlines()[0][:200]) from None
+    moments = {f"opt state {i} {k}": v for i, entry in enumerate(opt.state.values()) for k, v in entry.items()
+               if isinstance(v, torch.Tensor)}
+    check_finite({**ema.state_dict(), **moments}, path, "its run diverged or the file is corrupt: resume from "
+                 "another run's state or start without --resume")
+    sched.load_state_dict(state["sched"])
 
 
 def latent_cache(cfg: TrainConfig, teacher, console=None):
