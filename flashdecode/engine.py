@@ -73,6 +73,50 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def check_latents(z: torch.Tensor, channels: int, space: str, patch: int = 1) -> None:
+    """One FlashdecodeError sentence for latents [B,C,t,h,w] that a decoder of `channels` channels (and a grid
+    that is a multiple of `patch`) cannot take, before torch sees them. Shared by every decoder family.
+
+    NaN/Inf are checked here for latents in host memory; for latents on a GPU, `latent_chunks` checks them on
+    the GPU and raises at the next chunk or at the end of the video, so the decode thread never waits."""
+    if z.is_complex() or not z.is_floating_point():
+        raise FlashdecodeError(f"latents must be real floating point (float32, float16 or bfloat16), got {z.dtype}"
+                               " (complex, integer and bool latents are refused, not silently converted)")
+    if z.device.type == "meta":
+        raise FlashdecodeError("latents are on the meta device and hold no data; pass a real tensor")
+    if z.ndim != 5:
+        raise FlashdecodeError(f"latents must be [B,C,h,w] frames or [B,C,t,h,w] chunks, got shape {list(z.shape)}")
+    if 0 in z.shape:
+        raise FlashdecodeError(f"latents have an empty axis (shape {list(z.shape)} as [B,C,t,h,w]); every axis "
+                               "must be at least 1")
+    if z.shape[1] != channels:
+        raise FlashdecodeError(f"latents have {z.shape[1]} channels but latent space {space!r} has {channels}; pick "
+                               "the matching --latent-space/--model, or --layout if the file is NTCHW")
+    if z.shape[-2] % patch or z.shape[-1] % patch:
+        raise FlashdecodeError(f"latent grid {z.shape[-2]}x{z.shape[-1]} must be a multiple of the {patch}x{patch} "
+                               f"patch of {space!r}")
+    if z.device.type != "cuda":  # on the GPU, `latent_chunks` checks without waiting for it (flashdecode.staging)
+        require_finite(z)
+
+
+def latent_chunks(frames: Iterable[torch.Tensor], decoder, raw: bool) -> Iterator[torch.Tensor]:
+    """Latent frames [B,C,h,w] or chunks [B,C,t,h,w] -> checked [B,C,t,h,w] chunks on the decoder's device in its
+    dtype, raw VAE latents (`raw=True`) normalized first in float32. Shared by every decoder family: on CUDA the
+    chunks go through `Stager` (pinned, non_blocking, NaN/Inf checked on the GPU), so the host never waits."""
+    stager = Stager(decoder.device)
+    for chunk in frames:
+        chunk = torch.as_tensor(chunk)
+        if chunk.ndim == 4:
+            chunk = chunk[:, :, None]
+        decoder.check(chunk)
+        stager.poll()  # NaN/Inf found in an earlier GPU chunk, once the GPU has said so
+        chunk = stager.to_device(chunk)  # CUDA: pinned, non_blocking, on a side stream
+        if raw:  # normalize in float32, whatever the decoding dtype
+            chunk = decoder.latent_space.normalize(chunk.float())
+        yield chunk.to(decoder.dtype)
+    stager.finish()  # the end of the video: the last GPU verdicts
+
+
 class Decoder:
     """A loaded FlashDecoder for one latent space: `stream` frames through it, or `decode` a whole clip."""
 
@@ -133,30 +177,9 @@ class Decoder:
             self.model.reset()
 
     def check(self, z: torch.Tensor) -> None:
-        """One FlashdecodeError sentence for latents the decoder cannot take, before torch sees them.
-
-        NaN/Inf are checked here for latents in host memory; for latents on a GPU, `stream` checks them on the
-        GPU and raises at its next chunk or at the end of the video, so the decode thread never waits."""
-        c, p = self.config, self.config.patch
-        if z.is_complex() or not z.is_floating_point():
-            raise FlashdecodeError(f"latents must be real floating point (float32, float16 or bfloat16), got {z.dtype}"
-                                   " (complex, integer and bool latents are refused, not silently converted)")
-        if z.device.type == "meta":
-            raise FlashdecodeError("latents are on the meta device and hold no data; pass a real tensor")
-        if z.ndim != 5:
-            raise FlashdecodeError(f"latents must be [B,C,h,w] frames or [B,C,t,h,w] chunks, got shape {list(z.shape)}")
-        if 0 in z.shape:
-            raise FlashdecodeError(f"latents have an empty axis (shape {list(z.shape)} as [B,C,t,h,w]); every axis "
-                                   "must be at least 1")
-        if z.shape[1] != c.in_channels:
-            raise FlashdecodeError(f"latents have {z.shape[1]} channels but latent space {self.latent_space.name!r} "
-                                   f"has {c.in_channels}; pick the matching --latent-space/--model, or --layout if "
-                                   "the file is NTCHW")
-        if z.shape[-2] % p or z.shape[-1] % p:
-            raise FlashdecodeError(f"latent grid {z.shape[-2]}x{z.shape[-1]} must be a multiple of the {p}x{p} patch "
-                                   f"of {self.latent_space.name!r}")
-        if z.device.type != "cuda":  # on the GPU, `stream` checks without waiting for it (flashdecode.staging)
-            require_finite(z)
+        """One FlashdecodeError sentence for latents the decoder cannot take, before torch sees them (see
+        `check_latents`)."""
+        check_latents(z, self.config.in_channels, self.latent_space.name, self.config.patch)
 
     def stream(self, frames: Iterable[torch.Tensor], raw: bool = False, start_index: int = 0,
                native: bool = False) -> Iterator[torch.Tensor]:
@@ -170,18 +193,8 @@ class Decoder:
         fuse clamp + colour conversion on the device, skipping a float32 copy per chunk.
         """
         started = False
-        stager = Stager(self.device)
         with torch.inference_mode():
-            for chunk in frames:
-                chunk = torch.as_tensor(chunk)
-                if chunk.ndim == 4:
-                    chunk = chunk[:, :, None]
-                self.check(chunk)
-                stager.poll()  # NaN/Inf found in an earlier GPU chunk, once the GPU has said so
-                chunk = stager.to_device(chunk)  # CUDA: pinned, non_blocking, on a side stream
-                if raw:  # normalize in float32, whatever the decoding dtype
-                    chunk = self.latent_space.normalize(chunk.float())
-                chunk = chunk.to(self.dtype)
+            for chunk in latent_chunks(frames, self, raw):
                 B, _, T, h, w = chunk.shape
                 grid = (h // self.config.patch, w // self.config.patch)
                 if not started:
@@ -193,7 +206,6 @@ class Decoder:
                 for t in range(T):
                     px = self.model.step(chunk[:, :, t])
                     yield px if native else px.float().clamp_(-1, 1)
-            stager.finish()
 
     def _start(self, batch: int, grid: tuple[int, int], start_index: int) -> None:
         if self.model.caches is None or (batch, grid) != (self.model.batch, self.model.grid):
@@ -313,4 +325,4 @@ def load_family(model: str, latent_space: str | None, weights, device, dtype):
     return importlib.import_module(f".{module}", __package__).load(model, weights=weights, device=device, dtype=dtype)
 
 
-__all__ = ["Decoder", "load_decoder", "build_model", "init_weights", "count_parameters"]
+__all__ = ["Decoder", "check_latents", "latent_chunks", "load_decoder", "build_model", "init_weights", "count_parameters"]

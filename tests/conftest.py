@@ -1,4 +1,7 @@
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,3 +27,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def peak_rss_kb():
+    """peak_rss_kb(script, *args): the peak resident memory (kB) of `python -c script args`, which must print
+    `resource.getrusage(resource.RUSAGE_SELF).ru_maxrss` last. glibc's mmap threshold is pinned so that freed
+    big buffers go back to the system instead of being kept by a threshold that adapts to what was seen."""
+    def measure(script: str, *args) -> int:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="262144")
+        out = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True,
+                             text=True, check=True)
+        return int(out.stdout.split()[-1])
+    return measure

@@ -1,8 +1,4 @@
 """The streaming engine against the masked whole-sequence reference, positions, shapes and memory."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -88,16 +84,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def peak_rss_kb(frames: int) -> int:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="262144")
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS, str(frames)], env=env, capture_output=True, text=True,
-                         check=True)
-    return int(out.stdout.split()[-1])
-
-
-def test_memory_does_not_grow_with_length():
+def test_memory_does_not_grow_with_length(peak_rss_kb):
     # docs/design.md 7: depth 2, width 128, 24x24 grid; a kept output or a torch.cat cache shows 1.17-1.36.
-    short, long = peak_rss_kb(8), peak_rss_kb(64)
+    short, long = peak_rss_kb(PEAK_RSS, 8), peak_rss_kb(PEAK_RSS, 64)
     assert long / short <= 1.05, (short, long)
 
 
