@@ -258,8 +258,8 @@ class FlashDecoder(nn.Module):
     def render_tokens(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         """Tokens [n, d] -> the pixel patches of their 4 sub-frames [n, 4, 3*16*16]."""
         x = self.time_up(x).unflatten(-1, (self.config.time_up, self.config.dim))  # each token -> 4 sub-frames
-        for blk in self.refine:
-            x = blk(x, rope, rope, backend=self.backend)
+        for blk in self.refine:  # attention within each token's 4 sub-frames: many tiny sequences, one product
+            x = blk(x, rope, rope, backend="short")
         return self.head(x)
 
     # -- streaming -----------------------------------------------------------------------------------

@@ -62,3 +62,13 @@ def test_render_in_token_chunks_is_exact():
     whole = model.render(x, 3, 5, rope)
     model.render_chunk = 4  # 30 tokens -> 8 chunks, the last one short
     assert (model.render(x, 3, 5, rope) - whole).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(2, 1), (24, 3), (8, 8)])
+def test_short_attention_is_sdpa_as_one_batched_product(heads, kv_heads):
+    from flashdecode.math import short_attention
+    g = torch.Generator().manual_seed(heads)
+    q = torch.randn(30, 4, heads, 64, generator=g).transpose(1, 2)  # [n, H, 4, D] strided, as the blocks make it
+    k, v = (torch.randn(30, 4, kv_heads, 64, generator=g).transpose(1, 2) for _ in range(2))
+    expected = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    assert (short_attention(q, k, v) - expected).abs().max() < 1e-5
