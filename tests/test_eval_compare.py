@@ -117,3 +117,24 @@ def test_plot_without_matplotlib_is_one_line(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "pip install flashdecode[plot]" in r.stderr, r.output
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
         "error: --plot needs matplotlib; install it with `pip install flashdecode[plot]`"]
+
+
+@pytest.mark.slow
+def test_compare_memory_does_not_grow_with_the_number_of_clips(tmp_path):
+    """The side-by-side video is streamed clip by clip: 8 clips peak within 1.15x of 1 clip (each run in its own process)."""
+    import subprocess
+    import sys
+
+    def peak_rss(ranges) -> int:
+        code = ("import resource, runpy, sys\n"
+                "try:\n    runpy.run_module('flashdecode', run_name='__main__')\n"
+                "finally:\n    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+        args = ["eval", *ranges, *ARGS, "--compare", str(tmp_path / "c.mp4")]
+        r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+        assert "wrote" in r.stderr, r.stderr[-2000:]
+        return int(r.stderr.split("maxrss")[-1])
+
+    one = peak_rss(RANGES[:1])
+    eight = peak_rss([f"{CLIP}:{s}-{s + 9}" for s in range(0, 24, 3)])
+    assert len(frames_of(tmp_path / "c.mp4")) == 72
+    assert eight < 1.15 * one, (one, eight)
