@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import FlashdecodeError
+from .errors import FlashdecodeError, shown
 from .model import FlashDecoder, ModelConfig
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -134,7 +134,7 @@ def check_finite(state: dict[str, torch.Tensor], source, remedy: str) -> None:
     not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if not_finite:
         more = f" (and {len(not_finite) - 1} more tensors)" if len(not_finite) > 1 else ""
-        raise FlashdecodeError(f"{source} holds NaN or Inf values in {not_finite[0]}{more}; {remedy}")
+        raise FlashdecodeError(f"{shown(source)} holds NaN or Inf values in {shown(not_finite[0], 80)}{more}; {remedy}")
 
 
 def load_weights(model: FlashDecoder, state: dict[str, torch.Tensor], source) -> None:

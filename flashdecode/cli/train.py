@@ -106,7 +106,7 @@ def evaluate_cmd(
     import itertools
 
     from ..engine import load_decoder
-    from ..errors import FlashdecodeError
+    from ..errors import FlashdecodeError, shown
     from ..memory import check_host_memory
     from ..engine import resolve_device
     from ..pipeline import check_json_path
@@ -148,7 +148,7 @@ def evaluate_cmd(
     with ComparisonWriter(compare, fps, panels) if compare is not None else nullcontext() as cmp:
         rows = evaluate(decoder, itertools.chain([first], clips), tch, compare=cmp)
     if compare is not None:
-        print(f"wrote {compare}: {cmp.frames_written} frames, {' | '.join(panels)}", file=sys.stderr)
+        print(f"wrote {shown(compare)}: {cmp.frames_written} frames, {' | '.join(panels)}", file=sys.stderr)
     title = f"{decoder.name} ({'random weights' if decoder.random_weights else weights}) vs {baseline}, {size}"
     table = Table(title=title)
     for col in ("clip", "frames", "PSNR dB", "SSIM", f"{baseline} PSNR", f"{baseline} SSIM"):
@@ -164,24 +164,24 @@ def evaluate_cmd(
             raise FlashdecodeError(f"cannot write --json {json_out}: {e.strerror or e}") from None
     if plot_out is not None:
         plot_psnr(rows, {"psnr_per_frame": decoder.name, "teacher_psnr_per_frame": baseline}, plot_out, title)
-        print(f"wrote {plot_out}", file=sys.stderr)
+        print(f"wrote {shown(plot_out)}", file=sys.stderr)
 
 
 def check_distinct_outputs(data: list[str], outputs: dict[str, Optional[Path]]) -> None:
     """No output may overwrite an input video or another output: the same path, a link to it, or a hard link."""
     import os
 
-    from ..errors import FlashdecodeError
+    from ..errors import FlashdecodeError, shown
     from ..training.video_data import parse_source
 
     def same(a: Path, b: Path) -> bool:
         return a.resolve() == b.resolve() or a.exists() and b.exists() and os.path.samefile(a, b)
 
-    taken = [(Path(parse_source(d)[0]), f"input {d}") for d in data]
+    taken = [(Path(parse_source(d)[0]), f"input {shown(d)}") for d in data]
     for option, path in outputs.items():
         if path is None:
             continue
         clash = next((what for other, what in taken if same(path, other)), None)
         if clash is not None:
-            raise FlashdecodeError(f"{option} {path} is also the {clash}; give it a file name of its own")
+            raise FlashdecodeError(f"{option} {shown(path)} is also the {clash}; give it a file name of its own")
         taken.append((path, option))

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import torch
 
-from ..errors import FlashdecodeError
+from ..errors import FlashdecodeError, shown
 from ..video_io import CONTAINERS, VideoWriter, to_uint8_frames
 
 HEAT_FULL_SCALE = 32 / 255  # white at an error of 32 levels of 255 (1/8 of the range); PSNR ~30 dB is dark red
@@ -25,21 +25,21 @@ PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 def check_compare_path(path: Path) -> None:
     """Before any work: a video file name in a folder that exists (VideoWriter checks it can write there)."""
     if path.is_dir() or path.suffix.lower() not in CONTAINERS:
-        raise FlashdecodeError(f"--compare {path}: give a video file name ending in "
+        raise FlashdecodeError(f"--compare {shown(path)}: give a video file name ending in "
                                f"{', '.join(CONTAINERS)} (e.g. compare.mp4)")
     if not path.parent.is_dir():
-        raise FlashdecodeError(f"--compare {path}: folder {path.parent} does not exist")
+        raise FlashdecodeError(f"--compare {shown(path)}: folder {shown(path.parent)} does not exist")
 
 
 def check_plot_path(path: Path) -> None:
     from ..bench import check_plot_dependency
 
     if path.suffix.lower() not in PLOT_SUFFIXES:
-        raise FlashdecodeError(f"--plot {path}: give an image file name ending in {', '.join(PLOT_SUFFIXES)} "
+        raise FlashdecodeError(f"--plot {shown(path)}: give an image file name ending in {', '.join(PLOT_SUFFIXES)} "
                                "(e.g. psnr.png)")
     if path.is_dir() or not path.parent.is_dir():
-        raise FlashdecodeError(f"--plot {path}: " + ("it is a folder" if path.is_dir() else
-                                                     f"folder {path.parent} does not exist"))
+        raise FlashdecodeError(f"--plot {shown(path)}: " + ("it is a folder" if path.is_dir() else
+                                                            f"folder {shown(path.parent)} does not exist"))
     check_plot_dependency()
 
 
@@ -90,7 +90,7 @@ class ComparisonWriter:
         if isinstance(e, av.error.FFmpegError) and not kept and self.writer.size:
             h, w = self.writer.size
             why += f" (the video is {w}x{h}, {len(self.panels)} panels side by side: pass a smaller --size)"
-        return FlashdecodeError(f"cannot write --compare {self.path}: {why}; "
+        return FlashdecodeError(f"cannot write --compare {shown(self.path)}: {why}; "
                                 + (f"it keeps the {kept} frames before that" if kept else "nothing was kept"))
 
     def __enter__(self) -> "ComparisonWriter":
@@ -133,7 +133,7 @@ def plot_psnr(rows: list[dict], series: dict[str, str], path: Path, title: str) 
     try:
         fig.savefig(path, dpi=120)
     except OSError as e:
-        raise FlashdecodeError(f"cannot write --plot {path}: {e.strerror or e}") from None
+        raise FlashdecodeError(f"cannot write --plot {shown(path)}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
 

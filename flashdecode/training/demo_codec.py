@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..checkpoint import FLOAT_DTYPES, check_finite
-from ..errors import FlashdecodeError
+from ..errors import FlashdecodeError, shown
 from ..latent_spaces import get_latent_space
 
 FORMAT = "flashdecode-pca-teacher"  # not "flashdecode": decoder weight searches skip this file
@@ -164,18 +164,18 @@ class PCATeacher(torch.nn.Module):
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 if meta.get("format") != FORMAT:
-                    raise FlashdecodeError(f"{path} is not a demo PCA teacher (format {meta.get('format')!r}); "
+                    raise FlashdecodeError(f"{shown(path)} is not a demo PCA teacher (format {meta.get('format')!r}); "
                                            "pass a file written by `flashdecode fit-demo-teacher`")
                 patch = check_header(path, meta, {k: f.get_slice(k) for k in f.keys()})
                 state = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError) as e:
-            raise FlashdecodeError(f"{path} is not a readable safetensors file ({e}); re-make it with "
+            raise FlashdecodeError(f"{shown(path)} is not a readable safetensors file ({e}); re-make it with "
                                    "`flashdecode fit-demo-teacher`") from None
         check_values(path, state)
         try:
             teacher = cls(**state, patch=patch, metadata=_parse_meta(meta))
         except torch.linalg.LinAlgError:  # orthonormal rows that leave the last sub-frame empty
-            raise FlashdecodeError(f"{path}: its basis gives the first frame no encoder (a singular system); "
+            raise FlashdecodeError(f"{shown(path)}: its basis gives the first frame no encoder (a singular system); "
                                    f"{REMAKE}") from None
         check_finite({"first_encoder": teacher.first_encoder}, path, REMAKE)
         return teacher
@@ -195,13 +195,13 @@ def check_header(path, meta: dict, slices: dict) -> int:
     """Names, dtypes and shapes from the file's header, against its `patch` metadata: returns the patch size.
     Nothing is read or allocated until the header is known to describe a teacher."""
     found = set(slices)
-    problems = [f"{k} missing" for k in TENSORS if k not in found] + [f"{k} unexpected" for k in sorted(found - set(TENSORS))]
+    problems = [f"{k} missing" for k in TENSORS if k not in found] + [f"{shown(k, 80)} unexpected" for k in sorted(found - set(TENSORS))]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise FlashdecodeError(f"{path} is not a complete demo PCA teacher: {problems[0]}{more}; {REMAKE}")
+        raise FlashdecodeError(f"{shown(path)} is not a complete demo PCA teacher: {problems[0]}{more}; {REMAKE}")
     patch = meta.get("patch", "16")
     if not (patch.isdecimal() and 2 <= int(patch) <= MAX_PATCH):
-        raise FlashdecodeError(f"{path} has patch metadata {patch[:40]!r}, not a whole number from 2 to {MAX_PATCH}; "
+        raise FlashdecodeError(f"{shown(path)} has patch metadata {patch[:40]!r}, not a whole number from 2 to {MAX_PATCH}; "
                                f"{REMAKE}")
     patch, channels = int(patch), get_latent_space("demo").channels
     dim = 3 * GROUP * patch * patch
@@ -209,12 +209,12 @@ def check_header(path, meta: dict, slices: dict) -> int:
     for k in TENSORS:
         dtype, shape = slices[k].get_dtype(), list(slices[k].get_shape())
         if dtype not in FLOAT_DTYPES:
-            raise FlashdecodeError(f"{path} holds {k} as {dtype}, not floating point; {REMAKE}")
+            raise FlashdecodeError(f"{shown(path)} holds {k} as {dtype}, not floating point; {REMAKE}")
         if shape != expected[k]:
-            raise FlashdecodeError(f"{path}: {k} is {shape} in the file, {expected[k]} for {channels} components of "
+            raise FlashdecodeError(f"{shown(path)}: {k} is {shape} in the file, {expected[k]} for {channels} components of "
                                    f"{patch}x{patch} patches (its patch metadata); {REMAKE}")
     if meta.get("components", str(channels)) != str(channels):
-        raise FlashdecodeError(f"{path} has components metadata {meta['components'][:40]!r}, not {channels}; {REMAKE}")
+        raise FlashdecodeError(f"{shown(path)} has components metadata {meta['components'][:40]!r}, not {channels}; {REMAKE}")
     return patch
 
 
@@ -225,14 +225,14 @@ def check_values(path, state: dict[str, torch.Tensor]) -> None:
     std = state["group_std"].double()
     if bool((std < STD_FLOOR).any()):
         i = int(std.argmin())
-        raise FlashdecodeError(f"{path}: group_std[{i}] is {std[i].item():.3g}; a standard deviation below "
+        raise FlashdecodeError(f"{shown(path)}: group_std[{i}] is {std[i].item():.3g}; a standard deviation below "
                                f"{STD_FLOOR:g} would divide latents by (almost) zero; {REMAKE}")
     basis = state["group_basis"].double()
     off = (basis @ basis.T - torch.eye(basis.shape[0], dtype=torch.float64)).abs().max().item()
     if off > 1e-3:
-        raise FlashdecodeError(f"{path}: the rows of group_basis are not orthonormal (off by {off:.3g}); {REMAKE}")
+        raise FlashdecodeError(f"{shown(path)}: the rows of group_basis are not orthonormal (off by {off:.3g}); {REMAKE}")
     if bool((state["group_mean"].abs() > 1.001).any()):
-        raise FlashdecodeError(f"{path}: group_mean leaves the pixel range [-1, 1]; {REMAKE}")
+        raise FlashdecodeError(f"{shown(path)}: group_mean leaves the pixel range [-1, 1]; {REMAKE}")
 
 
 def _parse_meta(meta: dict) -> dict:

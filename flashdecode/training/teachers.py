@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import torch
 
 from ..checkpoint import check_finite
-from ..errors import FlashdecodeError
+from ..errors import FlashdecodeError, shown
 from ..latent_spaces import LATENT_SPACES, LatentSpace, get_latent_space
 from .demo_codec import PCATeacher
 
@@ -100,7 +100,7 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32):
         raise FlashdecodeError(f"cannot read {path} as a checkpoint ({str(e).splitlines()[0]}); "
                                "pass a .safetensors or .pth Wan VAE state dict") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise FlashdecodeError(f"{path} is not a state dict (names -> tensors); pass a .safetensors or .pth Wan VAE "
+        raise FlashdecodeError(f"{shown(path)} is not a state dict (names -> tensors); pass a .safetensors or .pth Wan VAE "
                                "state dict")
     if config is None:
         space = Z_DIM_TO_SPACE.get(_z_dim(state))
@@ -114,7 +114,7 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32):
         state = convert_wan_vae_to_diffusers(state)
     not_float = [k for k, v in state.items() if not v.is_floating_point()]
     if not_float:
-        raise FlashdecodeError(f"{path} holds {not_float[0]} as {state[not_float[0]].dtype}, not floating point; "
+        raise FlashdecodeError(f"{shown(path)} holds {shown(not_float[0], 80)} as {state[not_float[0]].dtype}, not floating point; "
                                "it is not a Wan VAE checkpoint")
     check_finite(state, path, CORRUPT_VAE)
     vae = cls(**config)
@@ -123,7 +123,7 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32):
     wrong = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
     if wrong:
         more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
-        raise FlashdecodeError(f"{path}: {wrong[0]} is {list(state[wrong[0]].shape)} in the file, "
+        raise FlashdecodeError(f"{shown(path)}: {shown(wrong[0], 80)} is {list(state[wrong[0]].shape)} in the file, "
                                f"{list(expected[wrong[0]].shape)} in AutoencoderKLWan({json.dumps(config)[:80]}...)"
                                f"{more}; pass the Wan VAE the file claims to be, or its diffusers folder")
     missing, unexpected = vae.load_state_dict(state, strict=False)
