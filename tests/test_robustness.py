@@ -774,6 +774,8 @@ TEACHER_AND_STATE_CASES = [
     C("encode-vae-file-nan", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae.safetensors"],
       files={"vae.safetensors": lambda: tiny_vae_file(nan=True)}, error="NaN or Inf values in decoder.conv_out.weight",
       left=NO_Z),
+    C("encode-teacher-weights-with-wan", [*ENC, *TW, "--teacher", "wan2.1"], files={"t.safetensors": teacher_file},
+      error="--teacher-weights is the demo teacher's file", left=NO_Z),
     C("encode-vae-folder-nan", [*ENC, "--teacher", "wan2.1", "--vae", "{tmp}/vae"], files={name: lambda name=name: tiny_vae_folder_nan()[name]
                                                           for name in ("vae/config.json",
                                                                        "vae/diffusion_pytorch_model.safetensors")},

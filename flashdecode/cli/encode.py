@@ -147,6 +147,8 @@ def encode(
         raise FlashdecodeError(f"--start {start} is negative; frames count from 0")
     if teacher not in ("wan2.1", "wan2.2") and vae is not None:
         raise FlashdecodeError("--vae is for --teacher wan2.1/wan2.2; for the demo teacher use --teacher-weights")
+    if teacher in ("wan2.1", "wan2.2") and teacher_weights is not None:  # else silently not the file asked for
+        raise FlashdecodeError(f"--teacher-weights is the demo teacher's file; for --teacher {teacher} pass the VAE as --vae")
     if output != "-":
         check_output(Path(output))
     target = parse_hw(size)
