@@ -196,3 +196,22 @@ def test_memory_does_not_grow_with_length(peak_rss_kb):
     # 128x128 px: a decode that kept the clip's activations (the reference's parallel mode) adds ~40 MB a frame.
     short, long = peak_rss_kb(PEAK_RSS, 2), peak_rss_kb(PEAK_RSS, 7)
     assert long / short <= 1.05, (short, long)
+
+
+@pytest.mark.cuda
+def test_streams_on_cuda_without_host_syncs():
+    from flashdecode.convert import to_i420
+
+    decoder = flashdecode.load_decoder("taew2.2", weights="random", device="cuda")  # bf16
+    g = torch.Generator().manual_seed(0)
+    frames = [torch.randn(1, 48, 4, 6, generator=g) for _ in range(6)]
+    it = decoder.stream(iter(frames), native=True)
+    out = [to_i420(next(it)) for _ in range(2)]  # set-up: the first frame's memories, the first pinned blocks
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out += [to_i420(next(it)) for _ in range(len(frames) - 2)]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert next(it, None) is None
+    cpu = flashdecode.load_decoder("taew2.2", weights="random", device="cpu").decode(torch.stack(frames, 2))
+    assert (to_i420(cpu.cuda()).float() - torch.cat(out, 1).float()).abs().mean() < 2  # bf16 against float32
