@@ -17,6 +17,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -53,31 +54,60 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise FlashdecodeError(f"no file matches {item!r}")
         elif path.is_file():
             files = [path]
+        elif path.exists():  # a named pipe or a device: read once, it could not be opened twice (plan, then decode)
+            what = "a named pipe (FIFO)" if stat.S_ISFIFO(path.stat().st_mode) else "not a regular file"
+            raise FlashdecodeError(f"input {path} is {what}: several inputs must be files; decode a pipe on its own "
+                                   f"(flashdecode decode {path} -o OUT.mp4)")
         else:
             raise FlashdecodeError(f"input {path} does not exist")
         found += files
     return list(dict.fromkeys(found))
 
 
-def plan_outputs(files: list[Path], outdir: Path, suffix: str = ".mp4") -> list[Path]:
-    """outdir/<input's name><suffix> for each input; two inputs that would write one file are refused."""
+def plan_outputs(files: list[Path], outdir: Path, suffix: str = ".mp4", batches: list[int] | None = None) -> list[Path]:
+    """outdir/<input's name><suffix> for each input; two inputs that would write one file are refused.
+
+    `batches`: each file's batch size, whose items go to <name>_b0<suffix>, ... (decode_file's names): an item
+    of one file and another file (x.npy's item 0 and x_b0.npy) are refused too.
+    """
+    from .pipeline import output_names
+
     outputs = [outdir / (f.stem + suffix) for f in files]
     first: dict[Path, Path] = {}
-    for f, out in zip(files, outputs):
-        if out in first:
-            raise FlashdecodeError(f"{first[out]} and {f} would both be written to {out}; rename one of them")
-        first[out] = f
+    for f, out, n in zip(files, outputs, batches or [1] * len(files)):
+        for name in map(Path, output_names(str(out), list(range(n)))):
+            if name in first:
+                raise FlashdecodeError(f"{first[name]} and {f} would both be written to {name}; rename one of them")
+            first[name] = f
     return outputs
 
 
-def check_outdir(output: str | None) -> Path:
-    """-o for many inputs is a folder (created if missing); default: the current folder."""
+def batch_sizes(files: list[Path], key, layout, batch_index) -> list[int]:
+    """How many videos each file makes (its batch, or 1 with --batch-index), read from headers; 1 for a file
+    that cannot be read (it fails on its own turn, with its own message)."""
+    from .latents_io import open_latents
+
+    if batch_index is not None:
+        return [1] * len(files)
+    sizes = []
+    for f in files:
+        try:
+            sizes.append(int(open_latents(f, key=key, layout=layout, check=False).shape[0]))
+        except Exception:
+            sizes.append(1)
+    return sizes
+
+
+def check_outdir(output: str | None, create: bool = True) -> Path:
+    """-o for many inputs is a folder (created if missing, unless `create` is False); default: the current folder."""
     if output is None:
         return Path(".")
-    if output == "-" or Path(output).suffix:
+    if output == "-" or (Path(output).suffix and not output.endswith(("/", os.sep)) and not Path(output).is_dir()):
         raise FlashdecodeError(f"several inputs are decoded into a folder, one video each; pass -o FOLDER/, "
                                f"not {output!r}")
     outdir = Path(output)
+    if not create:
+        return outdir
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -88,6 +118,14 @@ def check_outdir(output: str | None) -> Path:
 
 
 # -- ranks ------------------------------------------------------------------------------------------------
+
+def torchrun_rank() -> tuple[int, int]:
+    """(rank, world_size) from torchrun's environment, without joining a process group; (0, 1) outside it."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
 
 _joined: list = []  # non-empty once distributed() started the process group (so gather() ends it)
 
@@ -157,18 +195,27 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     """
     from .engine import load_decoder
     from .engine import resolve_device
-    from .pipeline import RANDOM_WEIGHTS_NOTE, decode_file
+    from .outputs import check_distinct, check_names
+    from .pipeline import RANDOM_WEIGHTS_NOTE, check_json_path, decode_file, output_names
     from .progress import DecodeProgress
     from .signals import stop_status
 
     if decode_kw.get("stdout_format"):
         raise FlashdecodeError("--format applies to stdout (-o -); several inputs are decoded into a folder")
-    files = expand_inputs(inputs)
-    outdir = check_outdir(output)
-    outputs = plan_outputs(files, outdir, suffix)
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        raise FlashdecodeError(f"decode_files needs a non-empty list of files, folders or globs, not {inputs!r}")
+    check_names([("input", i) for i in inputs] + [("output", output), ("--json", json_path)])
+    files = expand_inputs([str(i) for i in inputs])
     json_path = Path(json_path) if json_path is not None else None
-    if json_path is not None and not json_path.parent.is_dir():
-        raise FlashdecodeError(f"--json {json_path}: folder {json_path.parent} does not exist")
+    if json_path is not None:
+        check_json_path(json_path)
+    outdir = check_outdir(output, create=False)
+    sizes = batch_sizes(files, key, layout, decode_kw.get("batch_index"))
+    outputs = plan_outputs(files, outdir, suffix, sizes)
+    check_distinct(reads=[*(("input", f) for f in files), ("--weights", weights if weights != "random" else None)],
+                   writes=[*(("output", o) for f, out, n in zip(files, outputs, sizes)
+                             for o in output_names(str(out), list(range(n)))), ("--json", json_path)])
+    check_outdir(output)  # created once nothing is left to refuse
     rank, world, local_rank = distributed()
     dev = resolve_device(rank_device(device, world, local_rank))
     mine = list(range(rank, len(files), world))  # every world-th file: each output written by exactly one rank
@@ -176,6 +223,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     decoders: dict = {}  # one per latent space met on this rank, loaded on first use
     display = DecodeProgress(dev, quiet=quiet or rank != 0)  # one view: rank 0's files, total over ranks at the end
     results, start, status = [], time.perf_counter(), "ok"
+    started = time.time()  # what other ranks wrote since then is this run's (a stopped run's summary reads the disk)
     try:
         for n, i in enumerate(mine):
             where = f" on rank 0 of {world}" if world > 1 else ""
@@ -197,6 +245,10 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
                 summary = decode_file(files[i], outputs[i], latent_space=space, layout=layout, key=key,
                                       weights=weights, decoder=decoders[space], quiet=True, progress=progress,
                                       **decode_kw)
+            except KeyboardInterrupt as e:  # the file in progress is flushed: it goes in the summary with its frames
+                results.append({**getattr(e, "summary", {}), "status": stop_status(e)[0], "input": str(files[i]),
+                                "index": i, "rank": rank})
+                raise
             except Exception as e:  # recorded; the other files go on (and no rank is left waiting at the gather)
                 message = str(e) if isinstance(e, FlashdecodeError) else f"{shown(files[i])}: {type(e).__name__}: {e}"
                 summary = {**getattr(e, "summary", {}), "status": "error", "input": str(files[i]), "error": message}
@@ -208,9 +260,19 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     finally:
         done = f" ({len(results)} file{'s' * (len(results) != 1)})"
         stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", done)
-        if status != "ok" and rank == 0:  # no gather: the other ranks are being stopped too
-            _write_summary(json_path, _summary(results, files, world, time.perf_counter() - start, status))
-    everything = gather(results, world)
+        if status != "ok" and rank == 0:  # no gather: the other ranks are being stopped too; read what they wrote
+            others = on_disk(files, outputs, sizes, world, {r["index"] for r in results}, started)
+            _write_summary(json_path, _summary(results + others, files, world, time.perf_counter() - start, status))
+    try:
+        everything = gather(results, world)
+    except Exception as e:  # a rank died (kill -9, out of memory): the others report what is on disk
+        everything = results + on_disk(files, outputs, sizes, world, {r["index"] for r in results}, started)
+        summary = _summary(everything, files, world, time.perf_counter() - start, "error")
+        if rank == 0:
+            _write_summary(json_path, summary)
+        raise FlashdecodeError(f"rank {rank}: another rank stopped before the end ({type(e).__name__}); "
+                               f"{summary['frames']} frames are in {outdir}" + (f", see {json_path}" if json_path
+                                                                                 and rank == 0 else "")) from None
     summary = _summary(everything, files, world, time.perf_counter() - start, status)
     summary["peak_mem_bytes_rank0"] = stats.get("peak_mem_bytes")
     if rank == 0:
@@ -231,14 +293,58 @@ def _summary(results: list[dict], files: list[Path], world: int, seconds: float,
     if status == "ok" and failed:
         status = "error"
     return {"status": status, "inputs": len(files), "ok": sum(r["status"] == "ok" for r in results),
-            "failed": failed, "outputs": [o for r in results for o in r.get("outputs", []) if r["status"] == "ok"],
+            "failed": failed, "outputs": [o for r in results for o in r.get("outputs", []) if r.get("frames")],
             "frames": sum(r.get("frames", 0) for r in results), "seconds": round(seconds, 3), "world_size": world,
             "files": results}
 
 
 def _write_summary(json_path: Path | None, summary: dict) -> None:
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    from .pipeline import write_summary
+
+    write_summary(json_path, sorted_summary(summary))
+
+
+def sorted_summary(summary: dict) -> dict:
+    return {**summary, "files": sorted(summary["files"], key=lambda r: r["index"])}
+
+
+WAIT_FOR_RANKS = 10.0  # seconds a stopped rank 0 waits for the others to flush the files they hold
+
+
+def on_disk(files: list[Path], outputs: list[Path], sizes: list[int], world: int, known: set[int],
+            started: float) -> list[dict]:
+    """Per-file entries for the files this rank has no summary of (other ranks'), read from the disk: each
+    output this run wrote (its lock released: flushed; modified since `started`) with the frames a reader finds."""
+    from .outputs import is_locked
+    from .pipeline import output_names
+    from .video_io import count_video_frames, output_kind, png_frames, png_target
+
+    deadline = time.monotonic() + WAIT_FOR_RANKS
+    found = []
+    for i, (f, out, n) in enumerate(zip(files, outputs, sizes)):
+        if i in known:
+            continue
+        names = output_names(str(out), list(range(n)))
+        while any(is_locked(Path(o)) for o in names) and time.monotonic() < deadline:
+            time.sleep(0.1)  # its rank is flushing it
+        held, frames = [], []
+        for o in names:
+            try:
+                if output_kind(o) == "png":
+                    folder, pattern = png_target(o)
+                    got = png_frames(folder, pattern)
+                    k = len(got) if got and max(p.stat().st_mtime for p in got) >= started else 0
+                else:
+                    k = count_video_frames(o) if os.path.getmtime(o) >= started else 0
+            except OSError:
+                k = 0
+            if k:
+                held.append(o)
+                frames.append(k)
+        found.append({"status": "stopped" if held else "not started", "input": str(f), "outputs": held,
+                      "frames": min(frames) if len(frames) == n else 0, "index": i, "rank": i % world,
+                      "read_from_disk": True})
+    return found
 
 
 __all__ = ["decode_files", "expand_inputs", "is_many", "plan_outputs"]

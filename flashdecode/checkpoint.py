@@ -43,12 +43,25 @@ def save_checkpoint(path, model: FlashDecoder, latent_space: str, provenance: di
     return path
 
 
-def _open(path):
+def check_weights_path(path) -> Path:
+    """A --weights PATH that names one .safetensors file, or one line saying what it is instead."""
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.safetensors"))
+        hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
+        raise FlashdecodeError(f"weights {path} is a folder{hint}; pass --weights PATH to a .safetensors checkpoint "
+                               "file, or random")
+    if path.exists() and not path.is_file():
+        raise FlashdecodeError(f"weights {path} is not a regular file; pass --weights PATH to a .safetensors file")
     if not path.is_file():
         raise FlashdecodeError(f"weights file {path} does not exist; pass --weights PATH to a flashdecode .safetensors checkpoint")
     if path.suffix != ".safetensors":
         raise FlashdecodeError(f"weights {path} must be a .safetensors file (other formats are never unpickled)")
+    return path
+
+
+def _open(path):
+    path = check_weights_path(path)
     try:
         return safe_open(str(path), framework="pt")
     except (SafetensorError, OSError) as e:

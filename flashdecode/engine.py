@@ -11,6 +11,7 @@ from .errors import FlashdecodeError
 from .fp8 import quantize_linears
 from .latent_spaces import LatentSpace, get_latent_space
 from .math import pick_backend
+from .memory import check_memory
 from .model import HIGH_PRECISION_LINEARS, VARIANTS, FlashDecoder, ModelConfig, count_parameters, flops_per_latent_frame
 from .staging import Stager, require_finite
 
@@ -43,8 +44,11 @@ def resolve_device(device=None) -> torch.device:
     """A usable torch device; one clear FlashdecodeError for a name torch does not know, `meta` (no data),
     or a CUDA device this machine does not have."""
     try:
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except (RuntimeError, TypeError):
+        if isinstance(device, bool):  # True is an int to torch (cuda:1): never what was meant
+            raise TypeError
+        # device=0 is what torch means by it (cuda:0), not "no device": only None picks the default
+        dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    except (RuntimeError, TypeError, ValueError):
         raise FlashdecodeError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "meta":
         raise FlashdecodeError("device 'meta' holds no data and cannot decode; use cpu or cuda")
@@ -79,6 +83,8 @@ def check_latents(z: torch.Tensor, channels: int, space: str, patch: int = 1) ->
 
     NaN/Inf are checked here for latents in host memory; for latents on a GPU, `latent_chunks` checks them on
     the GPU and raises at the next chunk or at the end of the video, so the decode thread never waits."""
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"latents must be a torch.Tensor [B,C,t,h,w], not {type(z).__name__}")
     if z.is_complex() or not z.is_floating_point():
         raise FlashdecodeError(f"latents must be real floating point (float32, float16 or bfloat16), got {z.dtype}"
                                " (complex, integer and bool latents are refused, not silently converted)")
@@ -103,9 +109,12 @@ def latent_chunks(frames: Iterable[torch.Tensor], decoder, raw: bool) -> Iterato
     """Latent frames [B,C,h,w] or chunks [B,C,t,h,w] -> checked [B,C,t,h,w] chunks on the decoder's device in its
     dtype, raw VAE latents (`raw=True`) normalized first in float32. Shared by every decoder family: on CUDA the
     chunks go through `Stager` (pinned, non_blocking, NaN/Inf checked on the GPU), so the host never waits."""
+    if decoder.device.type == "meta":  # e.g. a diffusers adapter moved with .to("meta"): the output would be no data
+        raise FlashdecodeError("the decoder's weights are on the meta device and hold no data; move it to cpu or "
+                               "cuda (or load real weights) before decoding")
     stager = Stager(decoder.device)
     for chunk in frames:
-        chunk = torch.as_tensor(chunk)
+        chunk = as_latents(chunk)
         if chunk.ndim == 4:
             chunk = chunk[:, :, None]
         decoder.check(chunk)
@@ -122,6 +131,7 @@ class Decoder:
 
     def __init__(self, model: FlashDecoder, latent_space: LatentSpace, random_weights: bool = False,
                  metadata: dict | None = None, precision: str | None = None):
+        checked_config(model.config)  # a FlashDecoder built by hand from a config that cannot work (0 heads)
         self.model = model.eval().requires_grad_(False)
         self.config: ModelConfig = model.config
         self.latent_space = latent_space
@@ -209,6 +219,7 @@ class Decoder:
 
     def _start(self, batch: int, grid: tuple[int, int], start_index: int) -> None:
         if self.model.caches is None or (batch, grid) != (self.model.batch, self.model.grid):
+            check_memory(self, batch, grid[0] * self.config.patch, grid[1] * self.config.patch)
             self.model.caches = None  # free the old buffers before allocating new ones
             self.model.setup_caches(batch, *grid, start_index=start_index)
         else:
@@ -216,18 +227,43 @@ class Decoder:
 
     def decode(self, latents: torch.Tensor, raw: bool = False, start_index: int = 0) -> torch.Tensor:
         """[B,C,T,h,w] -> [B,3,1+4(T-1),H,W] through the streaming path."""
-        latents = torch.as_tensor(latents)
+        latents = as_latents(latents)
         self.check(latents)
         return torch.cat(list(self.stream([latents], raw=raw, start_index=start_index)), dim=2)
 
     def decode_reference(self, latents: torch.Tensor, raw: bool = False) -> torch.Tensor:
         """The same function as `decode`, computed in one masked whole-sequence pass (for tests/training)."""
-        latents = torch.as_tensor(latents)
+        latents = as_latents(latents)
         self.check(latents)
         require_finite(latents)  # a test and training path: a wait for the GPU is fine here
         z = self.latent_space.normalize(latents.to(self.device, torch.float32)) if raw else latents
         with torch.inference_mode():
             return self.model.forward_reference(z.to(self.device, self.dtype)).float().clamp_(-1, 1)
+
+
+def as_latents(latents) -> torch.Tensor:
+    """A tensor, or an array-like (numpy) as one; TypeError naming what was passed instead (None, a string)."""
+    if isinstance(latents, torch.Tensor):
+        return latents
+    try:
+        import numpy as np
+
+        if isinstance(latents, (np.ndarray, np.generic, list, tuple)):
+            return torch.as_tensor(latents)
+    except (TypeError, ValueError, RuntimeError):
+        pass
+    raise TypeError(f"latents must be a torch.Tensor or numpy array [B,C,T,h,w], not {type(latents).__name__}")
+
+
+def checked_config(config: ModelConfig) -> ModelConfig:
+    """ModelConfig.check as one FlashdecodeError line: a config that cannot be a FlashDecoder never builds."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config must be a flashdecode ModelConfig, not {type(config).__name__}")
+    try:
+        config.check()
+    except ValueError as e:
+        raise FlashdecodeError(f"model config {config.name!r} is not a usable FlashDecoder: {e}") from None
+    return config
 
 
 def init_weights(model: FlashDecoder, seed: int = 0) -> FlashDecoder:
@@ -245,6 +281,7 @@ def init_weights(model: FlashDecoder, seed: int = 0) -> FlashDecoder:
 
 
 def build_model(config: ModelConfig, device=None, dtype=None, seed: int = 0) -> FlashDecoder:
+    checked_config(config)
     with torch.device(resolve_device(device)):
         model = FlashDecoder(config)
     return init_weights(model, seed).to(dtype or torch.float32)

@@ -79,8 +79,11 @@ def cgroup_free_memory(root: str | None = None) -> int | None:
     return None
 
 
-def check_memory(decoder, batch: int, h: int, w: int) -> None:
-    need = decoder.estimate_memory(batch, h, w)
+def check_memory(decoder, batch: int, h: int, w: int, output_bytes: int = 0) -> None:
+    """One line when decoding a batch on an h x w grid will not fit; `output_bytes`: a whole video kept in memory
+    on the decoder's device too (the diffusers adapter returns one)."""
+    need = dict(decoder.estimate_memory(batch, h, w))
+    need["total"] += output_bytes
     free = available_memory(decoder.device)
     if free is None:
         return

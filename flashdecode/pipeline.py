@@ -16,6 +16,7 @@ import contextlib
 import json
 import math
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -86,6 +87,50 @@ def check_json_path(json_path: Path) -> None:
         raise FlashdecodeError(f"--json {shown(json_path)} is not writable; pick another path")
 
 
+def write_summary(json_path: Path | None, summary: dict) -> None:
+    """The --json summary, or one FlashdecodeError line (a full disk, a vanished folder): never half a file."""
+    if json_path is None:
+        return
+    try:
+        with open(json_path, "w") as f:
+            f.write(json.dumps(summary, indent=2) + "\n")
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.stat(json_path).st_mode):  # a cut-off summary would be a half-truth: it goes
+                os.unlink(json_path)
+        raise FlashdecodeError(f"cannot write --json {json_path}: {e.strerror or e}; the outputs are written, "
+                               "only the summary is missing") from None
+
+
+def check_arguments(**given) -> None:
+    """decode_file's arguments: one TypeError naming the first of the wrong type (the CLI passes them right)."""
+    from .arguments import PATH, check_types, is_decoder
+
+    text = "a string or None"
+    check_types(input=(given["input"], PATH, "a path or '-'"), output=(given["output"], PATH, "a path or '-'"),
+                model=(given["model"], str, text), weights=(given["weights"], PATH, "a path or 'random'"),
+                latent_space=(given["latent_space"], str, text), layout=(given["layout"], str, text),
+                key=(given["key"], str, text), raw=(given["raw"], bool, "True or False"),
+                compile=(given["compile"], bool, "True or False"),
+                batch_index=(given["batch_index"], int, "an integer like 0"),
+                fps=(given["fps"], (int, float), "a number like 16"), crf=(given["crf"], int, "an integer like 18"),
+                codec=(given["codec"], str, text), preset=(given["preset"], str, text),
+                stdout_format=(given["stdout_format"], str, text), quiet=(given["quiet"], bool, "True or False"),
+                json_path=(given["json_path"], PATH, "a path"), overwrite=(given["overwrite"], bool, "True or False"))
+    if given["dtype"] is not None and not isinstance(given["dtype"], str):
+        import torch
+
+        if not isinstance(given["dtype"], torch.dtype):
+            raise TypeError(f"dtype must be a name like 'bf16' or a torch.dtype, not {type(given['dtype']).__name__}")
+    if given["progress"] is not None and not callable(given["progress"]):
+        raise TypeError(f"progress must be a function progress(latent_frames, pixel_frames), not "
+                        f"{type(given['progress']).__name__}")
+    if given["decoder"] is not None and not is_decoder(given["decoder"]):
+        raise TypeError(f"decoder must be a loaded Decoder (flashdecode.load_decoder(...)), not "
+                        f"{type(given['decoder']).__name__} {given['decoder']!r:.40}; to pick a model by name pass "
+                        "model=")
+
+
 def output_names(output: str, items: list[int]) -> list[str]:
     from .video_io import batch_output_name
 
@@ -124,10 +169,16 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     from .progress import DecodeProgress
     from .signals import stop_status
     from .convert import HostCopies, convert, frame_shape
-    from .video_io import VideoWriter, is_disk_error, output_kind
+    from .outputs import check_distinct, check_names
+    from .video_io import VideoWriter, is_disk_error, output_kind, png_folder
 
+    check_arguments(input=input, output=output, model=model, weights=weights, latent_space=latent_space,
+                    layout=layout, key=key, raw=raw, dtype=dtype, compile=compile, batch_index=batch_index, fps=fps,
+                    crf=crf, codec=codec, preset=preset, stdout_format=stdout_format, quiet=quiet,
+                    progress=progress, json_path=json_path, overwrite=overwrite, decoder=decoder)
     input = str(input)
     output = str(output) if output is not None else ("-" if input == "-" else Path(input).with_suffix(".mp4").name)
+    check_names([("input", input), ("output", output), ("--json", json_path)])
     output_kind(output)  # an unknown extension or a bad pattern fails before anything is read
     if stdout_format is not None and output != "-":
         raise FlashdecodeError(f"--format applies to stdout (-o -) only; the output {output!r} is chosen by its name")
@@ -158,6 +209,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     if len(items) > 1 and output == "-":
         raise FlashdecodeError(f"{shown(latents.name)} holds a batch of {B}; stdout takes one video: pass --batch-index N")
     outputs = output_names(output, items)
+    check_distinct(reads=[("input", input), ("--weights", weights if weights != "random" else None)],
+                   writes=[*(("output", png_folder(o)) for o in outputs), ("--json", json_path)])
     fps = resolve_fps(fps, latents.metadata, latents.name)
 
     with contextlib.ExitStack() as stack:
@@ -177,6 +230,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
             raise FlashdecodeError(f"{shown(latents.name)} holds {space} latents but the decoder is for "
                                    f"{decoder.latent_space.name}; decode files of one latent space together")
         check_memory(decoder, len(items), h, w)
+        for writer in writers:
+            writer.check_frame_size(*decoder.pixel_size(h, w))
         stack.pop_all()
 
     chunks = latents.chunks
@@ -215,6 +270,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
         status, failure = "error", FlashdecodeError(f"{shown(latents.name)} held no latent frames; nothing was written")
     written = min(wr.frames_written for wr in writers)  # after a full disk: what a reader finds in the file
     where = ", ".join(shown(o) for o in outputs)  # a name with a newline must not forge a line
+    if failure is not None and type(failure).__module__.split(".")[0] == "av":  # an encoder's refusal: one line
+        failure = FlashdecodeError(f"cannot encode {where}: {failure}; {written} frames were written")
     if failure is not None and is_disk_error(failure):
         kept = f"kept the {written} frames written before that" if written else "removed it (no complete frame)"
         failure = FlashdecodeError(f"cannot write {where}: {failure.strerror or failure} (disk full or file-size "
@@ -228,8 +285,12 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
                "random_weights": decoder.random_weights, "parameters": decoder.num_parameters(), **stats}
     if failure is not None:
         summary["error"] = str(failure) or type(failure).__name__
-    if json_path is not None:
-        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    try:
+        write_summary(json_path, summary)
+    except FlashdecodeError as e:  # the video is done and stays; the summary's failure is the one line
+        if failure is None:
+            e.summary = summary
+            raise
     if failure is not None:
         with contextlib.suppress(AttributeError, TypeError):
             failure.summary = summary

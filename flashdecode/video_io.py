@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .errors import FlashdecodeError
+from .outputs import OutputLock
 
 CONTAINERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
 DEFAULT_CRF = {"libx264": 18, "libx265": 22, "libvpx-vp9": 30, "libaom-av1": 30, "libsvtav1": 30}
@@ -67,6 +68,8 @@ def output_kind(output: str) -> str:
         return "stdout"
     path = Path(output)
     suffix = path.suffix.lower()
+    if output.endswith(("/", os.sep)):  # a trailing slash says folder, whatever dots or % its name holds
+        return "png"
     if "%" in path.name:
         if suffix != ".png":
             raise FlashdecodeError(f"output pattern {output!r} must end in .png (e.g. frames/%05d.png)")
@@ -74,8 +77,6 @@ def output_kind(output: str) -> str:
             raise FlashdecodeError(f"output pattern {output!r} needs exactly one frame number like %05d or %d "
                                    "(write a literal % as %%)")
         return "png"
-    if "%" in str(path.parent):
-        raise FlashdecodeError(f"output {output!r}: a frame-number pattern goes in the file name, not the folder")
     if suffix in CONTAINERS:
         return "container"
     if suffix == ".y4m":
@@ -89,9 +90,24 @@ def output_kind(output: str) -> str:
                            "a folder or a %05d.png pattern (PNG sequence), or '-' for stdout")
 
 
+def png_target(output: str) -> tuple[Path, str]:
+    """(folder, file pattern) of a PNG output: frames/%05d.png -> (frames, %05d.png); frames/ -> (frames, %05d.png)."""
+    path = Path(output)
+    if "%" in path.name and not output.endswith(("/", os.sep)):
+        return path.parent, path.name
+    return path, "%05d.png"
+
+
+def png_folder(output: str) -> str:
+    """The path an output writes: its folder for a PNG sequence, else the output itself."""
+    return str(png_target(output)[0]) if output != "-" and output_kind(output) == "png" else output
+
+
 def batch_output_name(output: str, index: int) -> str:
     """out.mp4 -> out_b0.mp4; frames/ -> frames_b0/; frames/%05d.png -> frames_b0/%05d.png."""
     path = Path(output)
+    if output.endswith(("/", os.sep)):  # a folder said with its slash: still one after the _bN
+        return str(path.with_name(f"{path.name}_b{index}")) + os.sep
     if "%" in path.name:
         if path.parent != Path("."):
             return str(path.parent.with_name(f"{path.parent.name}_b{index}") / path.name)
@@ -227,10 +243,7 @@ class _AVSink:
         # y4m (rawvideo) stays rgb24 -> swscale as before: it cannot carry the colour tags
         self.input_format = "yuv420p" if self.pix_fmt == "yuv420p" and codec != "rawvideo" else "rgb24"
 
-    def _open(self, height: int, width: int) -> None:
-        import av
-        from fractions import Fraction
-
+    def _codec_options(self) -> dict:
         options = {}
         if self.crf is not None and self.codec in DEFAULT_CRF:
             options["crf"] = str(self.crf)
@@ -238,6 +251,35 @@ class _AVSink:
                 options["b"] = "0"  # constant quality: VP9 needs a zero bitrate for CRF to rule
         if self.preset is not None:
             options["preset"] = self.preset
+        return options
+
+    def probe(self, height: int, width: int) -> None:
+        """Open the encoder alone at this frame size (ms), so a size it refuses (x264: 16384 px wide at most)
+        is one line before decoding, not an error after the output file was created."""
+        import av
+        from fractions import Fraction
+
+        if self.input_format != "yuv420p":
+            return
+        ctx = av.CodecContext.create(self.codec, "w")
+        ctx.width, ctx.height, ctx.pix_fmt = width, height, self.pix_fmt
+        ctx.time_base = 1 / Fraction(self.fps).limit_denominator(1001)
+        ctx.framerate = Fraction(self.fps).limit_denominator(1001)
+        ctx.options = self._codec_options()
+        try:
+            ctx.open()
+        except av.FFmpegError as e:
+            raise FlashdecodeError(f"the {self.codec} encoder cannot take {width}x{height} frames ({e.strerror}); "
+                                   "decode a smaller latent grid, or pick another --codec (e.g. libvpx-vp9 in a "
+                                   ".webm)") from None
+        finally:
+            del ctx
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+        from fractions import Fraction
+
+        options = self._codec_options()
         self.container = av.open(self.target, "w", format=self.fmt, container_options=self.container_options)
         self.stream = self.container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001),
                                                 options=options)
@@ -319,7 +361,8 @@ class VideoWriter:
     output: '-' (stdout, `stdout_format` y4m|raw|mp4), *.mp4/.mkv/.mov/.webm, *.y4m, a folder or a
     %05d.png pattern. The output is checked (and created) here, before any decoding; `close()` flushes.
     A PNG folder that already holds frames of the pattern is refused unless `overwrite` (then they are
-    deleted first), so two runs never mix. `preset`: the x264/x265 speed preset (default veryfast).
+    deleted once this run's first frames are on disk), so two runs never mix. The output is locked
+    (flashdecode.outputs.OutputLock) until close: a second writer on it is refused. `preset`: the x264/x265 speed preset (default veryfast).
     """
 
     def __init__(self, output: str, fps: float = 16.0, crf: int | None = None, codec: str | None = None,
@@ -333,10 +376,21 @@ class VideoWriter:
         self._error: BaseException | None = None
         self._error_reported = False
         self._closed = False
-        self.sink = self._make_sink(output, fps, crf, codec, stdout_format, preset, overwrite)
+        self._lock: OutputLock | None = None  # no second writer on this output (flashdecode.outputs)
+        self._stale: list[Path] = []  # --overwrite: an earlier run's PNG frames, removed after our first ones
+        try:
+            self.sink = self._make_sink(output, fps, crf, codec, stdout_format, preset, overwrite)
+        except BaseException:
+            self._release_lock()
+            raise
         self._queue: queue.Queue = queue.Queue(maxsize=queue_chunks)
         self._thread = threading.Thread(target=self._run, name="flashdecode-writer", daemon=True)
         self._thread.start()
+
+    def check_frame_size(self, height: int, width: int) -> None:
+        """FlashdecodeError now if the encoder cannot take height x width frames (see _AVSink.probe)."""
+        if isinstance(self.sink, _AVSink):
+            self.sink.probe(height, width)
 
     @property
     def input_format(self) -> str:
@@ -361,22 +415,31 @@ class VideoWriter:
             return _AVSink(fp, "mp4", codec, fps, crf, {"movflags": FRAGMENTED_MP4}, preset)
         path = Path(output)
         if self.kind == "png":
-            folder, pattern = (path.parent, path.name) if "%" in path.name else (path, "%05d.png")
+            folder, pattern = png_target(output)
             stale = png_frames(folder, pattern)
             if stale and not overwrite:
                 raise FlashdecodeError(f"output folder {folder} already holds {len(stale)} frames named like "
                                        f"{pattern} ({stale[0].name}, ...); pass --overwrite (-y) to replace them, "
                                        "or pick an empty folder")
             self._make_folder(folder)
+            try:
+                self._lock = OutputLock(folder)
+            except FlashdecodeError:
+                self._remove_created()
+                raise
             self._png = (folder, pattern)
-            for p in stale:  # --overwrite: the old run's frames go, so the folder holds this run's only
-                p.unlink()
-            return _AVSink(str(folder / pattern), "image2", "png", fps, None, {"start_number": "0"})
+            # --overwrite: the old run's frames go once this run's first frames are on disk (_drop_stale), so a
+            # run that fails before then leaves them as they were
+            self._stale = png_frames(folder, pattern)
+            image2 = str(folder).replace("%", "%%") + os.sep + pattern  # a % in the folder's name is literal
+            return _AVSink(image2, "image2", "png", fps, None, {"start_number": "0"})
         if self.kind == "y4m":
+            self._lock = OutputLock(path)
             self._touch(path)
             return _AVSink(str(path), "yuv4mpegpipe", "rawvideo", fps, None)
         codec = codec or CONTAINERS[path.suffix.lower()]
         _check_codec(codec, preset, crf)
+        self._lock = OutputLock(path)
         self._touch(path)
         # Playable at any moment: fragmented MP4, or a Matroska cluster a second; each written out at once.
         options = {"movflags": FRAGMENTED_MP4} if path.suffix.lower() in (".mp4", ".mov") else \
@@ -424,6 +487,8 @@ class VideoWriter:
                     ready()
                     self.sink.write(frames, fmt)
                     self.frames_written += len(frames)
+                    if self._stale:
+                        self._drop_stale()
             except BaseException as e:  # handed to the decoding thread on its next write()/close()
                 self._error = e
             finally:
@@ -475,9 +540,24 @@ class VideoWriter:
         if is_disk_error(self._error) and self.kind == "png":  # the frame being written is cut short: drop it
             folder, pattern = self._png
             (folder / (pattern % self.frames_written)).unlink(missing_ok=True)
+        self._release_lock()  # before removing what was created: the sidecar sits in a folder that may go
         if self.frames_written == 0:
             self._remove_created()
         self._raise_pending()
+
+    def _drop_stale(self) -> None:
+        """--overwrite: this run's first frames are on disk, so the earlier run's frames that remain can go."""
+        folder, pattern = self._png
+        ours = {pattern % i for i in range(self.frames_written)}
+        for p in self._stale:
+            if p.name not in ours:
+                p.unlink(missing_ok=True)
+        self._stale = []
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _salvage(self, path: Path) -> None:
         """Keep the complete fragments of a file cut short by a full disk; remove it if none is playable."""

@@ -84,8 +84,10 @@ def bench(
         output = output[0]
     if weights != "random" and len(models) > 1:
         raise FlashdecodeError("--weights PATH fits one --model; pass a single variant or --weights random")
-    if weights != "random" and not Path(weights).is_file():
-        raise FlashdecodeError(f"--weights {weights}: no such file; pass a .safetensors checkpoint or random")
+    if weights != "random":
+        from ..checkpoint import check_weights_path
+
+        check_weights_path(weights)
     if json_path:
         check_json_path(json_path)  # before the cases run, not after: a folder or a missing parent is one line
     if plot_path:

@@ -60,13 +60,21 @@ def decode(
     json_path: Path = typer.Option(None, "--json", help="Write a JSON summary (frames, size, fps, memory, ...) here."),
 ) -> None:
     """Decode latents to video, streaming: frames are written while decoding runs, memory stays flat."""
-    from ..batch import decode_files, is_many
+    from ..batch import decode_files, is_many, torchrun_rank
+    from ..outputs import check_names
     from ..pipeline import decode_file
     from ..signals import Interrupted, stop_on_signals
 
     try:
         with stop_on_signals():  # SIGTERM/SIGHUP flush the outputs like Ctrl-C
+            check_names([*(("input", i) for i in input), ("output", output), ("--json", json_path)])
             many = is_many(input)  # several files, a folder or a glob: flashdecode.batch, into the folder -o
+            rank, world = torchrun_rank()
+            if not many and rank > 0:  # one input under torchrun: rank 0 decodes it, not every rank into one file
+                if rank == 1:
+                    print(f"note: one input is decoded by rank 0 alone; ranks 1-{world - 1} have nothing to do (give "
+                          "several files or a folder to share them out)", file=sys.stderr, flush=True)
+                return
             run = decode_files if many else decode_file
             run(input if many else input[0], output, model=model, weights=weights, latent_space=latent_space,
                 layout=layout, key=key, raw=raw, device=device, dtype=dtype, compile=compile, batch_index=batch_index,

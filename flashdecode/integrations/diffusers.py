@@ -23,7 +23,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..engine import Decoder, build_model, load_decoder
+from ..engine import Decoder, build_model, checked_config, load_decoder
+from ..memory import check_memory
 from ..latent_spaces import get_latent_space, pixel_frames
 from ..math import pick_backend
 from ..model import ModelConfig
@@ -55,6 +56,7 @@ class FlashDecoderVAE(ModelMixin, ConfigMixin):
         if decoder is None:  # from_config / from_pretrained: build the network, the weights are loaded after
             config = ModelConfig(**{**model_config, "rope_axes": tuple(model_config["rope_axes"])}) \
                 if model_config else ModelConfig.build("s", latent_space)
+            checked_config(config)  # a config.json with 0 heads is one line, not a decoder of empty layers
             decoder = Decoder(build_model(config), get_latent_space(latent_space))
         space = decoder.latent_space
         # What WanPipeline reads: always the decoder's own latent space, whatever was passed.
@@ -112,10 +114,13 @@ class FlashDecoderVAE(ModelMixin, ConfigMixin):
         device. Latent frames go through the streaming engine one at a time, each pixel chunk copied into the
         preallocated output as soon as it is ready.
         """
+        if not isinstance(z, torch.Tensor):  # what AutoencoderKLWan.decode takes; an array would fail deep in torch
+            raise TypeError(f"z must be a torch.Tensor of latents [B, z_dim, T, h, w], not {type(z).__name__}")
         decoder = self.decoder
         decoder.check(z)
         B, _, T, h, w = z.shape
         H, W = decoder.pixel_size(h, w)
+        check_memory(decoder, B, h, w, output_bytes=B * 3 * pixel_frames(T) * H * W * z.element_size())
         video = torch.empty(B, 3, pixel_frames(T), H, W, dtype=z.dtype, device=decoder.device)
         done = 0
         for chunk in decoder.stream([z], raw=True):  # the clip as one chunk: checked once, not a sync per frame
