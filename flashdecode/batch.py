@@ -15,7 +15,6 @@ gloo: a few hundred bytes each, no GPU collective needed) and rank 0 prints the 
 from __future__ import annotations
 
 import glob
-import json
 import os
 import stat
 import sys
@@ -246,12 +245,14 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
                                       weights=weights, decoder=decoders[space], quiet=True, progress=progress,
                                       **decode_kw)
             except KeyboardInterrupt as e:  # the file in progress is flushed: it goes in the summary with its frames
-                results.append({**getattr(e, "summary", {}), "status": stop_status(e)[0], "input": str(files[i]),
+                results.append({"outputs": [], "frames": 0, **getattr(e, "summary", {}), "status": stop_status(e)[0],
+                                "input": str(files[i]),
                                 "index": i, "rank": rank})
                 raise
             except Exception as e:  # recorded; the other files go on (and no rank is left waiting at the gather)
                 message = str(e) if isinstance(e, FlashdecodeError) else f"{shown(files[i])}: {type(e).__name__}: {e}"
-                summary = {**getattr(e, "summary", {}), "status": "error", "input": str(files[i]), "error": message}
+                summary = {"outputs": [], "frames": 0, **getattr(e, "summary", {}), "status": "error",
+                           "input": str(files[i]), "error": message}
                 print(f"failed: {printable(message)}", file=sys.stderr, flush=True)
             results.append({**summary, "index": i, "rank": rank})
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM, SIGHUP: decode_file has flushed the file it was on
@@ -261,12 +262,12 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
         done = f" ({len(results)} file{'s' * (len(results) != 1)})"
         stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", done)
         if status != "ok" and rank == 0:  # no gather: the other ranks are being stopped too; read what they wrote
-            others = on_disk(files, outputs, sizes, world, {r["index"] for r in results}, started)
+            others = on_disk(files, outputs, sizes, rank, world, {r["index"] for r in results}, started)
             _write_summary(json_path, _summary(results + others, files, world, time.perf_counter() - start, status))
     try:
         everything = gather(results, world)
     except Exception as e:  # a rank died (kill -9, out of memory): the others report what is on disk
-        everything = results + on_disk(files, outputs, sizes, world, {r["index"] for r in results}, started)
+        everything = results + on_disk(files, outputs, sizes, rank, world, {r["index"] for r in results}, started)
         summary = _summary(everything, files, world, time.perf_counter() - start, "error")
         if rank == 0:
             _write_summary(json_path, summary)
@@ -311,7 +312,7 @@ def sorted_summary(summary: dict) -> dict:
 WAIT_FOR_RANKS = 10.0  # seconds a stopped rank 0 waits for the others to flush the files they hold
 
 
-def on_disk(files: list[Path], outputs: list[Path], sizes: list[int], world: int, known: set[int],
+def on_disk(files: list[Path], outputs: list[Path], sizes: list[int], rank: int, world: int, known: set[int],
             started: float) -> list[dict]:
     """Per-file entries for the files this rank has no summary of (other ranks'), read from the disk: each
     output this run wrote (its lock released: flushed; modified since `started`) with the frames a reader finds."""
@@ -341,7 +342,8 @@ def on_disk(files: list[Path], outputs: list[Path], sizes: list[int], world: int
             if k:
                 held.append(o)
                 frames.append(k)
-        found.append({"status": "stopped" if held else "not started", "input": str(f), "outputs": held,
+        mine = i % world == rank  # this rank never reached it; another rank's file is known only by its output
+        found.append({"status": "not started" if mine else "unreported", "input": str(f), "outputs": held,
                       "frames": min(frames) if len(frames) == n else 0, "index": i, "rank": i % world,
                       "read_from_disk": True})
     return found

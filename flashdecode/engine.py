@@ -46,6 +46,8 @@ def resolve_device(device=None) -> torch.device:
     try:
         if isinstance(device, bool):  # True is an int to torch (cuda:1): never what was meant
             raise TypeError
+        if isinstance(device, int):  # an index is a CUDA device to torch: say so even where there is none
+            device = torch.device("cuda", device)
         # device=0 is what torch means by it (cuda:0), not "no device": only None picks the default
         dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     except (RuntimeError, TypeError, ValueError):

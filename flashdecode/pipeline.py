@@ -270,12 +270,12 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
         status, failure = "error", FlashdecodeError(f"{shown(latents.name)} held no latent frames; nothing was written")
     written = min(wr.frames_written for wr in writers)  # after a full disk: what a reader finds in the file
     where = ", ".join(shown(o) for o in outputs)  # a name with a newline must not forge a line
-    if failure is not None and type(failure).__module__.split(".")[0] == "av":  # an encoder's refusal: one line
-        failure = FlashdecodeError(f"cannot encode {where}: {failure}; {written} frames were written")
     if failure is not None and is_disk_error(failure):
         kept = f"kept the {written} frames written before that" if written else "removed it (no complete frame)"
         failure = FlashdecodeError(f"cannot write {where}: {failure.strerror or failure} (disk full or file-size "
                                    f"limit); {kept}")
+    if failure is not None and type(failure).__module__.split(".")[0] == "av":  # an encoder's refusal: one line
+        failure = FlashdecodeError(f"cannot encode {where}: {failure}; {written} frames were written")
     stats = display.finish("decoded" if status == "ok" else f"{status} after",
                            f" -> {where}" if status == "ok" else f"; {where} holds {written} frames")
     H, W = decoder.pixel_size(h, w)

@@ -84,7 +84,8 @@ def test_a_stop_keeps_what_is_done_and_says_so(tmp_path, monkeypatch):
         decode_files([str(tmp_path / "in")], str(tmp_path / "out"), model="tiny", weights="random",
                      json_path=tmp_path / "s.json")
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["status"] == "terminated" and [Path(f["input"]) for f in summary["files"]] == [paths[0]]
+    assert summary["status"] == "terminated" and [Path(f["input"]) for f in summary["files"]] == paths
+    assert [(f["status"], f["frames"]) for f in summary["files"]] == [("ok", 5), ("terminated", 0), ("not started", 0)]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip0.mp4"] and len(calls) == 2
 
 

@@ -963,3 +963,291 @@ def test_a_wrapped_ctrl_c_is_still_a_ctrl_c():
     except SystemExit as deliberate:
         assert interrupt_in(deliberate) is None
     assert interrupt_in(ValueError("x")) is None
+
+
+# -- nothing destroyed, nothing forged (issue 19: outputs, --overwrite, summaries, the API, paths) -----------
+# Every path a run writes is distinct from every input and from each other, checked before any work; a second
+# writer on an output is refused; --overwrite removes the old frames only once new ones are written; a stopped
+# batch (one process or torchrun) lists every output with the frames it holds; the API checks its arguments.
+
+def _clip(t: int, b: int = 1, w: int = 8) -> bytes:
+    return npy(torch.randn(b, 16, t, 8, w, generator=torch.Generator().manual_seed(t)).numpy())
+
+
+def _frames(path: Path) -> int:
+    return _playable(path) if path.exists() else 0
+
+
+BATCH2 = {"x.npy": _clip(2, b=2), "x_b0.npy": _clip(2)}  # bytes, so that "untouched" can compare them
+OLD_FRAMES = {f"f/{i:05d}.png": b"old frame %d" % i for i in range(12)}
+WIDE = {"wide.npy": lambda: _clip(1, w=2050)}  # 16400 px wide: more than x264 takes (16384)
+LONG_NAME = "n" * 300
+
+ROBUST_CASES = [  # (case, what else must hold afterwards: a function of the case's folder, or None)
+    # class 1: one output destroys another file
+    (C("json-is-the-input", [*DEC, "{tmp}/x.npy", *OUT, *TINY, "--json", "{tmp}/x.npy"], files={"x.npy": _clip(2)},
+       error="same file as the input", left={"x.npy": "untouched", **GONE}), None),
+    (C("json-is-the-output", [*DEC, str(CROP), *OUT, *TINY, "--json", "{tmp}/out.mp4"], error="one file", left=GONE), None),
+    (C("json-is-a-batch-item", [*DEC, "{tmp}/x.npy", *OUT, *TINY, "--json", "{tmp}/out_b1.mp4"],
+       files={"x.npy": lambda: _clip(2, b=2)}, error="one file", left={"out_b0.mp4": "absent", "out_b1.mp4": "absent"}), None),
+    (C("json-is-the-weights", [*DEC, str(CROP), *OUT, "--model", "tiny", "--weights", "{tmp}/w.safetensors", "--json",
+                               "{tmp}/w.safetensors"], files={"w.safetensors": lambda: checkpoint()},
+       error="same file as the --weights", left=GONE),
+     lambda tmp: __import__("flashdecode.checkpoint").checkpoint.read_metadata(tmp / "w.safetensors")["latent_space"]
+     == "wan2.1"),
+    (C("batch-item-names-clash", [*DEC, "{tmp}/x.npy", "{tmp}/x_b0.npy", "-o", "{tmp}/out/", *TINY], files=BATCH2,
+       error="both be written to .*x_b0.mp4", left={"out": "absent", "x.npy": "untouched", "x_b0.npy": "untouched"}), None),
+    (C("batch-json-is-an-input", [*DEC, "{tmp}/x.npy", "{tmp}/x_b0.npy", "-o", "{tmp}/out/", *TINY, "--batch-index", "0",
+                                  "--json", "{tmp}/x_b0.npy"], files=BATCH2, error="same file as the input",
+       left={"x_b0.npy": "untouched", "out": "absent"}), None),
+    (C("batch-json-is-an-output", [*DEC, "{tmp}/x.npy", "{tmp}/x_b0.npy", "-o", "{tmp}/out/", *TINY, "--batch-index", "0",
+                                   "--json", "{tmp}/out/x.mp4"], files={**BATCH2, "out/keep": b"k"}, error="one file",
+       left={"out/x.mp4": "absent", "out/x_b0.mp4": "absent"}), None),
+    # class 2: --overwrite keeps the earlier frames until the new run has written its first ones
+    (C("overwrite-then-memory-check-fails", [*DEC, str(CROP), "-o", "{tmp}/f/", *TINY, "-y"], files=OLD_FRAMES,
+       env={"FLASHDECODE_AVAILABLE_MEMORY": "1K"}, error="available", left={n: "untouched" for n in OLD_FRAMES}), None),
+    (C("overwrite-then-weights-fail", [*DEC, str(CROP), "-o", "{tmp}/f/%05d.png", "--weights", "{tmp}/w.safetensors", "-y"],
+       files={**OLD_FRAMES, "w.safetensors": lambda: checkpoint(nan=True)}, error="NaN",
+       left={n: "untouched" for n in OLD_FRAMES}), None),
+    (C("overwrite-replaces-every-old-frame", [*DEC, str(CROP), "-o", "{tmp}/f/", *TINY, "-y", "-q"], code=0, error=None,
+       files=OLD_FRAMES), lambda tmp: sorted(p.name for p in (tmp / "f").iterdir()) == [f"{i:05d}.png" for i in range(9)]
+     and all(p.read_bytes()[:4] == b"\x89PNG" for p in (tmp / "f").iterdir())),
+    # class 3: a summary that cannot be written after a good decode is one line, and the video stays
+    (C("json-on-a-full-disk", [*DEC, str(CROP), *OUT, *TINY, "--json", "/dev/full", "-q"], error="cannot write --json",
+       marks=(pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full"),)),
+     lambda tmp: _frames(tmp / "out.mp4") == 9),
+    # class 8 (through the CLI) and the first campaign's leftovers
+    (C("encoder-refuses-frame-size", [*DEC, "{tmp}/wide.npy", *OUT, *TINY], files=WIDE, error="cannot take 16400x64",
+       left=GONE), None),
+    (C("encoder-refuses-frame-size-over-a-video", [*DEC, "{tmp}/wide.npy", *OUT, *TINY], files={**WIDE, "out.mp4": b"mine"},
+       error="cannot take", left={"out.mp4": "untouched"}), None),
+    # class 9: paths users really have
+    (C("folder-with-a-dot-and-slash", [*DEC, str(CROP), "-o", "{tmp}/vids.v2/", *TINY, "-q"], code=0, error=None),
+     lambda tmp: len(list((tmp / "vids.v2").glob("*.png"))) == 9),
+    (C("folder-with-a-percent", [*DEC, str(CROP), "-o", "{tmp}/50%off/", *TINY, "-q"], code=0, error=None),
+     lambda tmp: sorted(p.name for p in (tmp / "50%off").iterdir())[:2] == ["00000.png", "00001.png"]),
+    (C("batch-into-a-dotted-folder", [*DEC, str(CROP), "{tmp}/x.npy", "-o", "{tmp}/vids.v2/", *TINY, "-q"], code=0,
+       error=None, files={"x.npy": lambda: _clip(2)}),
+     lambda tmp: (_frames(tmp / "vids.v2" / f"{CROP.stem}.mp4"), _frames(tmp / "vids.v2" / "x.mp4")) == (9, 5)),
+    (C("weights-is-a-folder", [*DEC, str(CROP), *OUT, "--weights", "{tmp}/runs"], files={"runs/decoder.safetensors": b"x"},
+       error="is a folder .*decoder.safetensors", left=GONE), None),
+    (C("eval-weights-is-a-folder", ["eval", str(CLIP), "--weights", "{tmp}/runs", "--size", "32x32", "--frames", "5"],
+       files={"runs/a.safetensors": b"x"}, error="is a folder"), None),
+    (C("output-name-300-chars", [*DEC, str(CROP), "-o", "{tmp}/" + LONG_NAME + ".mp4", *TINY], error="bytes long"), None),
+    (C("output-folder-name-300-chars", [*DEC, str(CROP), "-o", "{tmp}/" + LONG_NAME + "/", *TINY], error="bytes long"), None),
+    (C("json-name-300-chars", [*DEC, str(CROP), *OUT, *TINY, "--json", "{tmp}/" + LONG_NAME], error="bytes long",
+       left=GONE), None),
+    (C("input-name-300-chars", [*DEC, "{tmp}/" + LONG_NAME + ".npy", *OUT, *TINY], error="bytes long", left=GONE), None),
+]
+
+
+@pytest.mark.parametrize("case,after", [pytest.param(c, a, id=c.id, marks=c.marks) for c, a in ROBUST_CASES])
+def test_outputs_and_paths(case, after, tmp_path, request):
+    test_abuse(case, tmp_path, request)  # exit code, one error line, no traceback, what is left
+    assert after is None or after(tmp_path), sorted(p.name for p in tmp_path.rglob("*"))
+
+
+def _cli(*argv, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **kw.pop("env", {})}
+    return subprocess.Popen([sys.executable, "-m", "flashdecode", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, **kw)
+
+
+def _one_error(stderr: str, words: str | None) -> None:
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert (not lines) if words is None else (len(lines) == 1 and re.search(words, lines[0])), stderr
+
+
+def _wait_for(predicate, seconds=120.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _first_fragment(path: Path):
+    from flashdecode.video_io import complete_fragments_size
+
+    return lambda: path.exists() and complete_fragments_size(path) > 0
+
+
+def test_a_second_writer_on_one_output_is_refused(tmp_path):
+    """Two decodes started on one output: the second is refused with one line, the first finishes a clean file."""
+    (tmp_path / "long.npy").write_bytes(_clip(40))
+    first = _cli("decode", tmp_path / "long.npy", "-o", tmp_path / "out.mp4", *TINY, "-q")
+    _wait_for(_first_fragment(tmp_path / "out.mp4"))
+    second = _cli("decode", tmp_path / "long.npy", "-o", tmp_path / "out.mp4", *TINY, "-q")
+    err2 = second.communicate(timeout=120)[1].decode()
+    err1 = first.communicate(timeout=300)[1].decode()
+    assert second.returncode == 2 and first.returncode == 0, (err1, err2)
+    _one_error(err2, "being written by another flashdecode run")
+    _one_error(err1, None)
+    assert _frames(tmp_path / "out.mp4") == 157  # 1 + 4 x 39: the first run's frames, whole
+    assert not list(tmp_path.glob(".*lock"))  # the lock's sidecar goes with the run
+
+
+def test_a_stopped_batch_lists_the_file_in_progress(tmp_path):
+    """SIGTERM (what `timeout` sends) while the second of three files decodes: the summary lists the finished
+    file, the partial one with the frames that play, and the one never started."""
+    for name, t in [("a.npy", 2), ("b.npy", 60), ("c.npy", 2)]:
+        (tmp_path / name).write_bytes(_clip(t))
+    proc = _cli("decode", tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "c.npy", "-o", tmp_path / "out",
+                *TINY, "-q", "--json", tmp_path / "s.json")
+    _wait_for(_first_fragment(tmp_path / "out" / "b.mp4"))
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 143, err
+    _one_error(err, None)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    files = {Path(f["input"]).name: f for f in summary["files"]}
+    held = _frames(tmp_path / "out" / "b.mp4")
+    assert 0 < held < 237 and files["b.npy"]["frames"] == held and files["b.npy"]["status"] == "terminated"
+    assert files["a.npy"]["frames"] == _frames(tmp_path / "out" / "a.mp4") == 5
+    assert files["c.npy"]["status"] == "not started" and not (tmp_path / "out" / "c.mp4").exists()
+    assert summary["status"] == "terminated" and summary["frames"] == 5 + held
+    assert sorted(Path(o).name for o in summary["outputs"]) == ["a.mp4", "b.mp4"]
+
+
+def _torchrun(*argv, env=None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "flashdecode",
+           *map(str, argv)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def test_torchrun_one_input_is_decoded_once(tmp_path):
+    """One input under torchrun: rank 0 decodes it, rank 1 says it has nothing to do (not both into one file)."""
+    (tmp_path / "x.npy").write_bytes(_clip(6))
+    proc = _torchrun("decode", tmp_path / "x.npy", "-o", tmp_path / "x.mp4", *TINY, "-q", "--json", tmp_path / "s.json")
+    err = proc.communicate(timeout=300)[1].decode()
+    assert proc.returncode == 0, err
+    _one_error(err, None)
+    assert err.count("nothing to do") == 1
+    assert _frames(tmp_path / "x.mp4") == 21 == json.loads((tmp_path / "s.json").read_text())["frames"]
+
+
+def _rank_pid(launcher: subprocess.Popen, rank: int) -> int:
+    """The process of one torchrun rank (a child of the launcher whose environment says RANK=rank)."""
+    for child in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{child}/environ").read_bytes().split(b"\0"):
+            return int(child)
+    raise AssertionError(f"no rank {rank}")
+
+
+def _no_traceback_of_ours(stderr: str) -> None:  # torchrun prints its own when a worker fails: not ours
+    assert "flashdecode/" not in "".join(b for b in stderr.split("Traceback")[1:]), stderr
+
+
+@pytest.mark.slow
+def test_torchrun_killed_rank_summary_covers_every_rank(tmp_path):
+    """kill -9 of rank 1 mid-file under torchrun: torchrun stops rank 0, whose summary lists every file: its own
+    (the one in progress with its frames), rank 1's partial file with the frames on disk, and the rest."""
+    for name in ("a.npy", "b.npy", "c.npy", "d.npy"):  # rank 0 takes a and c, rank 1 b and d
+        (tmp_path / name).write_bytes(_clip(80))
+    proc = _torchrun("decode", tmp_path, "-o", tmp_path / "out", *TINY, "-q", "--json", tmp_path / "s.json")
+    _wait_for(_first_fragment(tmp_path / "out" / "b.mp4"), 300)
+    os.kill(_rank_pid(proc, 1), signal.SIGKILL)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode != 0, err
+    _no_traceback_of_ours(err)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    files = {Path(f["input"]).name: f for f in summary["files"]}
+    assert sorted(files) == ["a.npy", "b.npy", "c.npy", "d.npy"]
+    held = {n: _frames(tmp_path / "out" / f"{n}.mp4") for n in "abcd"}
+    assert 0 < held["b"] < 317 and files["b.npy"]["frames"] == held["b"] and files["b.npy"]["status"] == "unreported"
+    assert files["a.npy"]["frames"] == held["a"] > 0 and files["a.npy"]["rank"] == 0
+    assert summary["frames"] == sum(held.values()) and summary["status"] == "terminated"
+
+
+# class 8: the Python API's edges, one TypeError/ValueError/FlashdecodeError sentence naming the argument
+def _decode_file(tmp, **kw):
+    from flashdecode import decode_file
+
+    return decode_file(CROP, tmp / "o.mp4", **{"model": "tiny", "weights": "random", "device": "cpu", **kw})
+
+
+def _heads0():
+    import dataclasses
+
+    from flashdecode.model import ModelConfig
+
+    return dataclasses.replace(ModelConfig.build("tiny", "wan2.1"), heads=0, kv_heads=0)
+
+
+def _vae(tiny):
+    from flashdecode.integrations.diffusers import FlashDecoderVAE
+
+    return FlashDecoderVAE(tiny)
+
+
+API_EDGES = [  # (id, call(tmp, tiny decoder), exception words)
+    ("decode-file-crf-string", lambda tmp, d: _decode_file(tmp, crf="20"), "crf must be an integer"),
+    ("decode-file-batch-index-string", lambda tmp, d: _decode_file(tmp, batch_index="0"), "batch_index must be"),
+    ("decode-file-decoder-name", lambda tmp, d: _decode_file(tmp, decoder="tiny"), "decoder must be a loaded Decoder"),
+    ("decode-file-fps-string", lambda tmp, d: _decode_file(tmp, fps="16"), "fps must be a number"),
+    ("decode-file-overwrite-string", lambda tmp, d: _decode_file(tmp, overwrite="no"), "overwrite must be"),
+    ("decode-file-json-is-input", lambda tmp, d: _decode_file(tmp, json_path=CROP), "same file as the input"),
+    ("decoder-decode-none", lambda tmp, d: d.decode(None), "latents must be a torch.Tensor"),
+    ("decoder-stream-none", lambda tmp, d: list(d.stream([None])), "latents must be a torch.Tensor"),
+    ("vae-decode-numpy", lambda tmp, d: _vae(d).decode(np.zeros((1, 16, 1, 8, 8), np.float32)), "z must be a torch.Tensor"),
+    ("vae-decode-none", lambda tmp, d: _vae(d).decode(None), "z must be a torch.Tensor"),
+    ("vae-moved-to-meta", lambda tmp, d: _vae(copy_of(d)).to("meta").decode(torch.zeros(1, 16, 1, 8, 8)), "meta"),
+    ("config-zero-heads-build", lambda tmp, d: __import__("flashdecode.engine").engine.build_model(_heads0()), "heads"),
+    ("config-zero-heads-decoder", lambda tmp, d: __import__("flashdecode").Decoder(
+        __import__("flashdecode").FlashDecoder(_heads0()), d.latent_space), "heads"),
+    ("config-zero-heads-vae", lambda tmp, d: __import__("flashdecode.integrations.diffusers").integrations.diffusers
+     .FlashDecoderVAE(latent_space="wan2.1", model_config={**__import__("dataclasses").asdict(_heads0())}), "heads"),
+    ("decode-files-empty", lambda tmp, d: __import__("flashdecode.batch").batch.decode_files([], str(tmp / "out")),
+     "non-empty list"),
+    ("decoder-decode-too-large", lambda tmp, d: d.decode(torch.zeros(1, 16, 1, 512, 512)), "available"),
+    ("decoder-stream-too-large", lambda tmp, d: list(d.stream([torch.zeros(1, 16, 1, 512, 512)])), "available"),
+    ("vae-decode-too-large", lambda tmp, d: _vae(d).decode(torch.zeros(1, 16, 9, 256, 256)), "available"),
+]
+
+
+def copy_of(decoder):
+    import copy
+
+    return copy.deepcopy(decoder)
+
+
+@pytest.mark.parametrize("name,call,words", API_EDGES, ids=[e[0] for e in API_EDGES])
+def test_api_edges(tiny, tmp_path, monkeypatch, name, call, words):
+    from flashdecode import FlashdecodeError
+
+    monkeypatch.setenv("FLASHDECODE_AVAILABLE_MEMORY", "256M")
+    with pytest.raises((FlashdecodeError, TypeError, ValueError), match=re.compile(words, re.I)) as info:
+        call(tmp_path, tiny)
+    assert "\n" not in str(info.value)  # one sentence
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_api_device_zero_is_cuda_zero():
+    """device=0 is what torch means by it (cuda:0), not "no device": without a GPU that is one clear line."""
+    from flashdecode import FlashdecodeError, load_decoder
+
+    with pytest.raises(FlashdecodeError, match="cuda:0"):
+        load_decoder("tiny", "wan2.1", weights="random", device=0)
+
+
+def test_batch_fifo_among_inputs_is_named(tmp_path):
+    (tmp_path / "a.npy").write_bytes(_clip(2))
+    os.mkfifo(tmp_path / "live.npy")
+    res = _invoke([*DEC, str(tmp_path / "a.npy"), str(tmp_path / "live.npy"), "-o", str(tmp_path / "out"), *TINY], None, {})
+    assert res["code"] == 2
+    _one_error(res["stderr"], "named pipe")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_through_a_symlink_to_the_input_is_refused(tmp_path):
+    (tmp_path / "x.npy").write_bytes(data := _clip(2))
+    (tmp_path / "out.mp4").symlink_to(tmp_path / "x.npy")
+    os.link(tmp_path / "x.npy", tmp_path / "hard.json")
+    for argv in ([*DEC, str(tmp_path / "x.npy"), "-o", str(tmp_path / "out.mp4"), *TINY],
+                 [*DEC, str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.mp4"), *TINY, "--json", str(tmp_path / "hard.json")]):
+        res = _invoke(argv, None, {})
+        assert res["code"] == 2
+        _one_error(res["stderr"], "same file as the input")
+    assert (tmp_path / "x.npy").read_bytes() == data and not (tmp_path / "o.mp4").exists()
