@@ -196,6 +196,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     from .engine import resolve_device
     from .outputs import check_distinct, check_names
     from .pipeline import RANDOM_WEIGHTS_NOTE, check_json_path, decode_file, output_names
+    from .video_io import written_paths
     from .progress import DecodeProgress
     from .signals import stop_status
 
@@ -212,8 +213,9 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     sizes = batch_sizes(files, key, layout, decode_kw.get("batch_index"))
     outputs = plan_outputs(files, outdir, suffix, sizes)
     check_distinct(reads=[*(("input", f) for f in files), ("--weights", weights if weights != "random" else None)],
-                   writes=[*(("output", o) for f, out, n in zip(files, outputs, sizes)
-                             for o in output_names(str(out), list(range(n)))), ("--json", json_path)])
+                   writes=[*(("output", p) for f, out, n in zip(files, outputs, sizes)
+                             for o in output_names(str(out), list(range(n))) for p in written_paths(o)),
+                           ("--json", json_path)])
     check_outdir(output)  # created once nothing is left to refuse
     rank, world, local_rank = distributed()
     dev = resolve_device(rank_device(device, world, local_rank))

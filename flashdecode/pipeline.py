@@ -170,7 +170,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     from .signals import stop_status
     from .convert import HostCopies, convert, frame_shape
     from .outputs import check_distinct, check_names
-    from .video_io import VideoWriter, is_disk_error, output_kind, png_folder
+    from .video_io import VideoWriter, is_disk_error, is_png_frame_of, output_kind, written_paths
 
     check_arguments(input=input, output=output, model=model, weights=weights, latent_space=latent_space,
                     layout=layout, key=key, raw=raw, dtype=dtype, compile=compile, batch_index=batch_index, fps=fps,
@@ -210,7 +210,10 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
         raise FlashdecodeError(f"{shown(latents.name)} holds a batch of {B}; stdout takes one video: pass --batch-index N")
     outputs = output_names(output, items)
     check_distinct(reads=[("input", input), ("--weights", weights if weights != "random" else None)],
-                   writes=[*(("output", png_folder(o)) for o in outputs), ("--json", json_path)])
+                   writes=[*(("output", p) for o in outputs for p in written_paths(o)), ("--json", json_path)])
+    if json_path is not None and any(is_png_frame_of(json_path, o) for o in outputs):
+        raise FlashdecodeError(f"--json {json_path} is named like a frame of the PNG output {output}: a frame "
+                               "would replace it; pick another --json path")
     fps = resolve_fps(fps, latents.metadata, latents.name)
 
     with contextlib.ExitStack() as stack:

@@ -155,13 +155,37 @@ def check_fps(fps: float) -> None:
         raise FlashdecodeError(f"fps {fps} is not a usable frame rate; give a number between {lo:g} and {hi:g}")
 
 
-def png_frames(folder: Path, pattern: str) -> list[Path]:
-    """The files in `folder` that `pattern` (e.g. %05d.png) could have written."""
+def png_name_regex(pattern: str) -> re.Pattern:
+    """The file names `pattern` (e.g. %05d.png) can write."""
     literal = pattern.replace("%%", "\0")
     m = PNG_PATTERN.search(literal)
     head, tail = (part.replace("\0", "%") for part in (literal[:m.start()], literal[m.end():]))
-    rx = re.compile(re.escape(head) + r"\d{%d,}" % int(m.group(1) or 1) + re.escape(tail))
+    return re.compile(re.escape(head) + r"\d{%d,}" % int(m.group(1) or 1) + re.escape(tail))
+
+
+def png_frames(folder: Path, pattern: str) -> list[Path]:
+    """The files in `folder` that `pattern` (e.g. %05d.png) could have written."""
+    rx = png_name_regex(pattern)
     return sorted(p for p in folder.iterdir() if rx.fullmatch(p.name)) if folder.is_dir() else []
+
+
+def written_paths(output: str) -> list[str]:
+    """What an output writes, for checking it against other paths: the file, or a PNG sequence's folder; and the
+    lock's sidecar beside it (flashdecode.outputs)."""
+    from .outputs import lock_path
+
+    if output == "-":
+        return [output]
+    folder = png_folder(output)
+    return [folder, str(lock_path(Path(folder)))]
+
+
+def is_png_frame_of(path: Path, output: str) -> bool:
+    """Whether a PNG sequence `output` could write a frame named `path` (e.g. --json frames/00003.png)."""
+    if output == "-" or output_kind(output) != "png":
+        return False
+    folder, pattern = png_target(output)
+    return os.path.realpath(path.parent) == os.path.realpath(folder) and bool(png_name_regex(pattern).fullmatch(path.name))
 
 
 def _mp4_boxes(path):
