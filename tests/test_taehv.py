@@ -180,6 +180,15 @@ def test_random_weights_and_the_interface():
         d.decode(latents("taew2.1", frames=1, grid=(1, 1)))
 
 
+def test_models_lists_the_tiny_decoders():
+    from typer.testing import CliRunner
+
+    from flashdecode.cli import app
+
+    r = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "taew2.1, taew2.2" in r.output and "madebyollin/taehv" in r.output
+
+
 PEAK_RSS = """
 import resource, sys, torch, flashdecode
 torch.manual_seed(0)

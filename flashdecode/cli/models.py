@@ -24,3 +24,7 @@ def models() -> None:
         table.add_row(name, str(depth), str(dim), str(heads), str(kv), " / ".join(f"{p:.2f} M" for p in params),
                       "\n".join(found) or "-")
     Console().print(table)
+    Console().print("Other decoder families, with --model NAME --weights PATH (nothing is downloaded): wan2.1-vae, "
+                    "wan2.2-vae: the stock Wan VAE decoder, streamed (your diffusers AutoencoderKLWan folder or Wan VAE "
+                    "file); taew2.1, taew2.2: tiny TAEHV decoders for previews (a taew2_1/taew2_2 file of "
+                    "madebyollin/taehv).", highlight=False)
