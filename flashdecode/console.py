@@ -13,20 +13,9 @@ from __future__ import annotations
 import signal
 import sys
 
-EXIT_INTERRUPTED = 130
+from .signals import EXIT_INTERRUPTED, interrupt_in
+
 HELP_FLAGS = ("-h", "--help", "--version")
-
-
-def interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
-    """The KeyboardInterrupt behind `exc`, itself or in its __cause__/__context__ chain (e.g. a RuntimeError
-    that Python raised because the interrupt landed in a class body being built), else None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, KeyboardInterrupt):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
-    return None
 
 
 def _interrupted() -> None:

@@ -4,6 +4,9 @@ flushes its outputs and what is on disk is a playable file.
 `timeout`, docker and systemd send SIGTERM; a closed terminal sends SIGHUP. Python's default for both is to
 die on the spot, losing the encoder's buffered frames. Only the first signal raises: a second one while the
 outputs are being flushed is ignored, so the flush finishes (SIGKILL still ends the process at once).
+
+`interrupt_in` finds a Ctrl-C that a library wrapped in another exception; the console script (start-up) and
+cli/common (inside a command) both ask it, so it lives here, below both.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import threading
 
 STATUS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hangup"}
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, what a shell reports for a Ctrl-C
 
 
 class Interrupted(KeyboardInterrupt):
@@ -29,7 +33,19 @@ def stop_status(exc: BaseException) -> tuple[str, int]:
     """('interrupted', 130) for Ctrl-C, ('terminated', 143) for SIGTERM, ('hangup', 129) for SIGHUP."""
     if isinstance(exc, Interrupted):
         return exc.status, exc.exit_code
-    return "interrupted", 128 + signal.SIGINT
+    return "interrupted", EXIT_INTERRUPTED
+
+
+def interrupt_in(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind `exc`, itself or in its __cause__/__context__ chain (e.g. a RuntimeError
+    that Python raised because the interrupt landed in a class body being built), else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
+    return None
 
 
 @contextlib.contextmanager

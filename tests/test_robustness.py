@@ -946,7 +946,7 @@ if __name__ == "__main__":
 def test_a_wrapped_ctrl_c_is_still_a_ctrl_c():
     """Python wraps an interrupt that lands in a class body's __set_name__ in a RuntimeError; it must still end
     as 'interrupted' / 130, while a deliberate exit raised `from None` after one is left alone."""
-    from flashdecode.console import interrupt_in
+    from flashdecode.signals import interrupt_in
 
     try:
         try:

@@ -16,11 +16,10 @@ import sys
 
 import typer
 
-from ..console import interrupt_in
 from ..errors import FlashdecodeError, printable
+from ..signals import EXIT_INTERRUPTED, interrupt_in
 
 EXIT_ERROR = 2
-EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 
