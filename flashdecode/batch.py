@@ -171,15 +171,13 @@ def gather(results: list[dict], world: int) -> list[dict]:
 
 # -- the run ----------------------------------------------------------------------------------------------
 
-def _latent_space_of(path: Path, latent_space: str, weights, key, layout) -> str:
+def _latent_space_of(path: Path, latent_space: str, model, weights, key, layout) -> str:
     """The latent space of one file, as decode_file will resolve it (to pick or load its decoder)."""
-    from .checkpoint import read_metadata
     from .latents_io import open_latents
-    from .pipeline import resolve_latent_space
+    from .pipeline import resolve_latent_space, weights_metadata
 
-    weights_meta = read_metadata(weights) if weights not in (None, "random") else {}
     latents = open_latents(path, key=key, layout=layout, check=False)
-    return resolve_latent_space(latent_space, latents, weights_meta)
+    return resolve_latent_space(latent_space, latents, weights_metadata(model, weights))
 
 
 def decode_files(inputs: list[str], output: str | None = None, *, model=None, weights=None, latent_space="auto",
@@ -236,7 +234,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
                 seen[:] = latent_frames, pixel_frames
 
             try:
-                space = _latent_space_of(files[i], latent_space, weights, key, layout)
+                space = _latent_space_of(files[i], latent_space, model, weights, key, layout)
                 if space not in decoders:
                     variant = model or ("s" if weights == "random" else None)
                     load_kw = {"compile": compile} if compile is not None else {}

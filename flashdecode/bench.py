@@ -4,7 +4,7 @@ Each case (one decoder x resolution x length) runs in a fresh `python -m flashde
 process, so imports, the allocator and CUDA's caching pool never carry over from one case to the next.
 Inside a case: load the decoder, warm up on a short clip, then time `--repeat` decodes of the whole clip
 and keep the medians. FlashDecoder streams, consuming and dropping each pixel chunk as `decode` does;
-a baseline decodes the way diffusers' Wan pipelines do (everything at once, see baselines.py).
+a baseline decodes the way diffusers' Wan pipelines do (everything at once, see wan_vae.py).
 
 End to end (`output="mp4"` or `"raw"`): after the decode-only runs, the same clip goes through the library's
 whole path, `flashdecode.decode_file` with the same decoder (read a latent file -> decode -> convert -> encode
@@ -246,7 +246,7 @@ def _proc_status_bytes(key: str) -> int:
 def _load(case: Case, device):
     """-> (decoder, its latent space, latent grid (h, w), FLOPs of the whole clip, how they were counted)."""
     if case.kind == "baseline":
-        from .baselines import load_baseline
+        from .wan_vae import load_baseline
         from .engine import resolve_dtype
 
         base = load_baseline(case.model, device, resolve_dtype(case.dtype, device), size=case.baseline_size)
@@ -288,7 +288,7 @@ def _decode_baseline(baseline, pool, n: int, clock: Clock) -> list[float]:
              baseline.vae.decoder.register_forward_hook(frame_clock.mark)]
     try:
         clock.mark()
-        out = baseline.decode(latents)
+        out = baseline.decode_with_diffusers(latents)
         clock.mark()
         del out
     finally:
@@ -779,9 +779,9 @@ def check_baseline_dependency(baselines: list[str]) -> None:
     import importlib.util
 
     if baselines and importlib.util.find_spec("diffusers") is None:
-        from .baselines import _autoencoder_cls
+        from .wan_vae import autoencoder_class
 
-        _autoencoder_cls()
+        autoencoder_class()
 
 
 if __name__ == "__main__":

@@ -78,6 +78,17 @@ def resolve_fps(fps, metadata: dict, name: str) -> float:
     return value
 
 
+def weights_metadata(model, weights) -> dict:
+    """What the weights say before any loading: another family's --model names its latent space (the stock Wan
+    VAE, a TAEHV file); a FlashDecoder checkpoint's header says its own."""
+    from .checkpoint import read_metadata
+    from .engine import FAMILIES
+
+    if model in FAMILIES:
+        return {"latent_space": FAMILIES[model][1]}
+    return read_metadata(weights) if weights not in (None, "random") else {}
+
+
 def check_json_path(json_path: Path) -> None:
     if json_path.is_dir():
         raise FlashdecodeError(f"--json {shown(json_path)} is a folder; give a file name like {shown(json_path / 'summary.json')}")
@@ -162,8 +173,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     `decoder`: an already loaded `Decoder` to reuse across files (flashdecode.batch loads one per GPU); `model`,
     `weights`, `dtype` and `compile` are then its own.
     """
-    from .checkpoint import read_metadata
-    from .engine import FAMILIES, load_decoder, resolve_device
+    from .engine import load_decoder, resolve_device
     from .latents_io import open_latents
     from .memory import check_memory
     from .progress import DecodeProgress
@@ -186,10 +196,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     if json_path is not None:
         check_json_path(json_path)
     dev = resolve_device(device)
-    if model in FAMILIES:  # the stock Wan VAE / a TAEHV file: the model names the latent space
-        weights_meta = {"latent_space": FAMILIES[model][1]}
-    else:
-        weights_meta = read_metadata(weights) if weights not in (None, "random") else {}
+    weights_meta = weights_metadata(decoder.name if decoder is not None else model, weights)
     space_hint = latent_space if latent_space in LATENT_SPACES else weights_meta.get("latent_space")
     channels = {LATENT_SPACES[space_hint].channels} if space_hint in LATENT_SPACES else None
 

@@ -8,7 +8,8 @@ from flashdecode.training.demo_codec import PCATeacher, fit_pca_teacher, patchif
 from flashdecode.errors import FlashdecodeError
 from flashdecode.latent_spaces import get_latent_space
 from flashdecode.training.metrics import psnr
-from flashdecode.training.teachers import TINY_WAN_CONFIGS, WanTeacher, load_teacher, tiny_wan_vae
+from flashdecode.training.teachers import WanTeacher, load_teacher, tiny_wan_vae
+from flashdecode.wan_vae import TINY_CONFIGS
 from flashdecode.training.video_data import read_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,14 +42,14 @@ def test_wan_teacher_from_a_diffusers_folder(tmp_path, space, channels, s):
 def test_wan_teacher_from_a_single_file(tmp_path):
     vae = tiny_wan_vae("wan2.2", save_to=tmp_path / "vae")
     save_file(vae.state_dict(), str(tmp_path / "vae.safetensors"))
-    from_file = WanTeacher.load(tmp_path / "vae.safetensors", config=TINY_WAN_CONFIGS["wan2.2"])
+    from_file = WanTeacher.load(tmp_path / "vae.safetensors", config=TINY_CONFIGS["wan2.2"])
     from_folder = WanTeacher.load(tmp_path / "vae")
     assert torch.allclose(from_file.encode(pixels()), from_folder.encode(pixels()))
     assert from_file.fingerprint() == from_folder.fingerprint()
     partial = {k: v for k, v in vae.state_dict().items() if not k.startswith("decoder.conv_out")}
     save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(FlashdecodeError, match="missing"):  # never silently random weights
-        WanTeacher.load(tmp_path / "partial.safetensors", config=TINY_WAN_CONFIGS["wan2.2"])
+        WanTeacher.load(tmp_path / "partial.safetensors", config=TINY_CONFIGS["wan2.2"])
 
 
 def test_wan_teacher_errors(tmp_path):

@@ -27,11 +27,13 @@ def decode(
     output: str = typer.Option(None, "-o", "--output", help="Video: .mp4/.mkv/.mov/.webm, .y4m, a folder or "
                                "%05d.png pattern (PNG sequence), or '-' for stdout. Default: INPUT's name .mp4 "
                                "(stdout for stdin)."),
-    model: str = typer.Option(None, "--model", help="Variant: tiny, xs, s, b, l, xl; or taew2.1, taew2.2 (tiny "
-                              "TAEHV decoders, with --weights taew2_1.safetensors etc.). Default: the checkpoint's, "
-                              "else s."),
-    weights: str = typer.Option(None, "--weights", help="PATH to a .safetensors checkpoint (a TAEHV .safetensors/.pth "
-                                "for taew*), or 'random' (benchmarks). Default: search the weights folders."),
+    model: str = typer.Option(None, "--model", help="Variant: tiny, xs, s, b, l, xl; or wan2.1-vae, wan2.2-vae (the "
+                              "stock Wan VAE decoder, streamed); or taew2.1, taew2.2 (tiny TAEHV decoders). Default: "
+                              "the checkpoint's, else s."),
+    weights: str = typer.Option(None, "--weights", help="PATH to a .safetensors checkpoint, or 'random' (benchmarks). "
+                                "wan2.x-vae: a diffusers AutoencoderKLWan folder, a pipeline folder with vae/, or the "
+                                "Wan VAE .pth/.safetensors; taew*: a TAEHV .safetensors/.pth (taew2_1.safetensors etc.). "
+                                "Default: search the weights folders."),
     latent_space: str = typer.Option("auto", "--latent-space", help="wan2.1, wan2.2, demo, or auto (file metadata, "
                                      "then the checkpoint, then the channel count)."),
     layout: str = typer.Option(None, "--layout", help="ncthw or ntchw. Default: file metadata, else the channel "
