@@ -89,7 +89,7 @@ class TGrow(nn.Module):
 
     def forward(self, x):
         B, n, C, H, W = x.shape
-        return self.conv(x.flatten(0, 1)).view(B, n * self.stride, C, H, W)
+        return self.conv(x.flatten(0, 1)).reshape(B, n * self.stride, C, H, W)
 
 
 class Upsample2x(nn.Module):
@@ -168,7 +168,6 @@ class TinyVideoDecoder:
         p = next(net.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.precision = str(self.dtype).removeprefix("torch.")
-        self._started = False
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
@@ -251,21 +250,22 @@ class TinyVideoDecoder:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A TAEHV weight file's tensors: safetensors, or a .pth/.pt state dict through weights_only (never unpickled)."""
+    """A TAEHV weight file's decoder tensors (`decoder.*`; the encoder's are not read): safetensors, or a .pth/.pt
+    state dict through weights_only (never unpickled), memory-mapped so that only those tensors are read."""
     if not path.is_file():
         raise FlashdecodeError(f"weights file {path} does not exist; pass --weights PATH to a TAEHV file such as "
                                "taew2_1.safetensors (from github.com/madebyollin/taehv; nothing is downloaded)")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         try:
-            state = load_file(str(path))
+            with safe_open(str(path), framework="pt") as f:
+                state = {k: f.get_tensor(k) for k in f.keys() if k.startswith("decoder.")}
         except (SafetensorError, OSError) as e:
             raise FlashdecodeError(f"weights {path} is not a readable safetensors file ({e}); re-download it") from None
     elif path.suffix in (".pth", ".pt"):
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError:
             raise FlashdecodeError(f"refused {path}: it holds pickled objects, not only tensors, and is never "
                                    "unpickled; use the .safetensors file of the same weights") from None
@@ -276,7 +276,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise FlashdecodeError(f"weights {path} must be a .safetensors or .pth TAEHV file (e.g. taew2_1.safetensors)")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FlashdecodeError(f"{path} is not a state dict of tensors, so not a TAEHV weight file")
-    return state
+    return {k: v for k, v in state.items() if k.startswith("decoder.")}
 
 
 def latent_channels_of(state: dict[str, torch.Tensor]) -> int | None:
@@ -287,7 +287,6 @@ def latent_channels_of(state: dict[str, torch.Tensor]) -> int | None:
 
 def decoder_state(state: dict[str, torch.Tensor], net: TinyDecoder, model: str, path) -> dict[str, torch.Tensor]:
     """The file's decoder tensors, checked against `net` (names, shapes, finite values): one line if not."""
-    state = {k: v for k, v in state.items() if k.startswith("decoder.")}
     expected = net.state_dict()
     for i, layer in enumerate(net.decoder):
         key = f"decoder.{i}.conv.weight"
@@ -310,14 +309,11 @@ def decoder_state(state: dict[str, torch.Tensor], net: TinyDecoder, model: str, 
     return state
 
 
-def random_init(net: TinyDecoder, seed: int = 0) -> TinyDecoder:
-    """Seeded PyTorch default init (what the layers get when built), drawn on the CPU: reproducible anywhere."""
+def random_decoder(latent_channels: int, patch: int, seed: int = 0) -> TinyDecoder:
+    """The base decoder with PyTorch's default init, seeded, drawn on the CPU (the caller's RNG left as it was)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                m.reset_parameters()
-    return net
+        return TinyDecoder(latent_channels, patch)
 
 
 def load(model: str, weights=None, device=None, dtype=None) -> TinyVideoDecoder:
@@ -337,7 +333,7 @@ def load(model: str, weights=None, device=None, dtype=None) -> TinyVideoDecoder:
     space_name, channels, patch = MODELS[model]
     meta: dict = {}
     if weights == "random":
-        net = random_init(TinyDecoder(channels, patch))
+        net = random_decoder(channels, patch)
     else:
         path = Path(weights)
         state = read_state_dict(path)

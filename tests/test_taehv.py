@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import flashdecode
 from flashdecode import FlashdecodeError
 from flashdecode.latent_spaces import get_latent_space
-from flashdecode.taehv import MODELS, TinyDecoder, random_init
+from flashdecode.taehv import MODELS, random_decoder
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "reference" / "taehv" / "taehv.py"
@@ -65,7 +65,7 @@ def save_state(net, path) -> Path:
 def own_weights(tmp_path, model="taew2.1", name="taew2_1.safetensors") -> Path:
     """A random file of the model's decoder tensors, without the reference (for the plumbing tests)."""
     _, channels, patch = MODELS[model]
-    return save_state(lively(random_init(TinyDecoder(channels, patch))), tmp_path / name)
+    return save_state(lively(random_decoder(channels, patch)), tmp_path / name)
 
 
 def latents(model, frames=3, grid=(2, 3), seed=0):
