@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 import torch
 
+import flashdecode
 import flashdecode.math
 from flashdecode.engine import Decoder, build_model
 from flashdecode.latent_spaces import get_latent_space
@@ -72,3 +73,14 @@ def test_streaming_equals_masked_reference_at_any_start_index(start_index):
     # a second video on the same decoder (the ring reused, not cleared) is still exact
     again = decoder.decode(z.flip(2), start_index=start_index + 1)
     assert (again - decoder.decode_reference(z.flip(2))).abs().max().item() <= 1e-4
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["auto", "sdpa"])
+def test_no_mask_reaches_attention_on_cuda(backend, attention_calls):
+    decoder = flashdecode.load_decoder("tiny", "wan2.2", weights="random", device="cuda", dtype="bf16",
+                                       backend=backend)
+    z = torch.randn(1, 48, 6, 3, 5, generator=torch.Generator().manual_seed(0)).cuda()
+    decoder.decode(z)
+    assert len(attention_calls) == 6 * decoder.config.depth  # every backbone call, every frame
+    assert all(kwargs.get("attn_mask") is None and not args for _, args, kwargs, _ in attention_calls)
