@@ -35,9 +35,17 @@ def test_resolutions():
 
 def test_cases_cover_every_decoder_resolution_and_length():
     cases = harness.build_cases(["32x32", "480p"], ["tiny", "s"], ["wan2.2"], [4, 2], dtypes=["float32"], device="cpu")
-    assert len(cases) == 2 * 2 * 3
-    assert [c.decoder for c in cases[:3]] == ["wan2.2-conv", "flashdecode-tiny", "flashdecode-s"]
-    assert [c.latent_frames for c in cases[:6]] == [2, 2, 2, 4, 4, 4]  # shortest first
+    assert len(cases) == 2 * 2 * 4
+    # diffusers' own call, the same conv decoder streamed, then FlashDecoder
+    assert [c.decoder for c in cases[:4]] == ["wan2.2-conv", "wan2.2-vae", "flashdecode-tiny", "flashdecode-s"]
+    assert [c.latent_frames for c in cases[:8]] == [2] * 4 + [4] * 4  # shortest first
+    # --baseline taehv: the tiny decoder of the FlashDecoder rows' latent space; the three classes in one table
+    three = harness.build_cases(["32x32"], ["s"], ["taehv", "wan2.1"], [2], latent_space="wan2.1", device="cpu")
+    assert [(c.kind, c.model, c.latent_space) for c in three] == [
+        ("baseline", "wan2.1", "wan2.1"), ("family", "wan2.1-vae", "wan2.1"), ("family", "taew2.1", "wan2.1"),
+        ("flashdecode", "s", "wan2.1")]
+    with pytest.raises(FlashdecodeError, match="no tiny decoder for latent space 'demo'"):
+        harness.build_cases(["32x32"], ["s"], ["taehv"], [2], latent_space="demo")
     with pytest.raises(FlashdecodeError, match="unknown model"):
         harness.build_cases(["32x32"], ["huge"], [], [2])
     with pytest.raises(FlashdecodeError, match="unknown baseline"):
@@ -57,11 +65,12 @@ def test_dtype_and_compile_lists_make_one_case_each_and_baselines_skip_fp8():
     cases = harness.build_cases(["32x32"], ["tiny"], ["wan2.2"], [2], dtypes=["bfloat16", "fp8"],
                                 compiles=["off", "on"], device="cuda", output="mp4")
     assert [(c.kind, c.dtype, c.compile) for c in cases] == [
-        ("baseline", "bfloat16", "off"), ("flashdecode", "bfloat16", "off"), ("flashdecode", "bfloat16", "on"),
-        ("flashdecode", "fp8", "off"), ("flashdecode", "fp8", "on")]
-    assert cases[0].output is None and all(c.output == "mp4" for c in cases[1:])
+        ("baseline", "bfloat16", "off"), ("family", "bfloat16", "off"), ("flashdecode", "bfloat16", "off"),
+        ("flashdecode", "bfloat16", "on"), ("flashdecode", "fp8", "off"), ("flashdecode", "fp8", "on")]
+    assert cases[0].output is cases[1].output is None and all(c.output == "mp4" for c in cases[2:])
     fp8_only = harness.build_cases(["32x32"], ["tiny"], ["wan2.2"], [2], dtypes=["fp8"], device="cpu")
-    assert [(c.kind, c.dtype) for c in fp8_only] == [("baseline", "float32"), ("flashdecode", "fp8")]
+    assert [(c.kind, c.dtype) for c in fp8_only] == [("baseline", "float32"), ("family", "float32"),
+                                                     ("flashdecode", "fp8")]
     assert harness.parse_dtypes("bf16,BF16,fp8", "cuda") == ["bfloat16", "fp8"]
     assert harness.parse_dtypes(None, "cpu") == ["float32"]
 
@@ -193,7 +202,7 @@ def test_table_and_plot_from_rows(tmp_path):
     console = Console(width=250, record=True)
     console.print(harness.render_table([base, fd, skipped]))
     text = console.export_text()
-    assert "FlashDecoder-S (random weights)" in text and "Wan2.2 conv VAE (random weights)" in text
+    assert "FlashDecoder-S (random weights)" in text and "Wan2.2 conv VAE, vae.decode (random weights)" in text
     assert "50.0x" in text and "6.7x" in text and "skipped: too long" in text
     harness.plot([base, fd], tmp_path / "bars.png")
     harness.plot([fd, dict(fd, latent_frames=10, frames=37)], tmp_path / "lengths.png")

@@ -1,4 +1,4 @@
-"""`flashdecode bench`: speed and memory of FlashDecoder variants against the Wan conv decoders."""
+"""`flashdecode bench`: speed and memory of FlashDecoder variants beside the Wan conv and tiny decoders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,8 +18,10 @@ def bench(
     frames: int = typer.Option(25, "--frames", help="pixel frames per clip, 4k+1 (25 = 7 latent frames)"),
     lengths: str = typer.Option(None, "--lengths", help="latent frame counts, comma list (e.g. 10,100,1000): "
                                                         "memory and ms/frame against video length; replaces --frames"),
-    baseline: str = typer.Option("none", "--baseline", help="diffusers' Wan conv decoders to run beside: "
-                                                            "wan2.1, wan2.2 (comma list) or none"),
+    baseline: str = typer.Option("none", "--baseline", help="decoders to run beside, comma list: wan2.1, wan2.2 (the "
+                                                            "Wan conv VAE decoder: diffusers' vae.decode and the same "
+                                                            "decoder streamed), taehv (the tiny decoder of "
+                                                            "--latent-space), or none"),
     latent_space: str = typer.Option("wan2.2", "--latent-space", help="latent space of the FlashDecoder rows"),
     device: str = typer.Option(None, "--device", help="cuda or cpu (default: cuda if available)"),
     dtype: str = typer.Option(None, "--dtype", help="bf16, fp16, fp32 or fp8 (FlashDecoder rows; baselines run in "
