@@ -1,8 +1,13 @@
 # Sourced by benchmarks/gpu.sh and benchmarks/gpu_train.sh (not run on its own): the step log, the deadline,
 # the machine's description and the offline install of PyAV/diffusers that both GPU runs share.
-# Needs: PY, RESULTS, WORK, WHEELS, DEADLINE (seconds since the script started).
+# Needs: PY, RESULTS, WORK, WHEELS, DEADLINE (seconds since the script started); LIMIT_INSTALL (default 90).
 
-step() { echo; echo "== $* ($(date -u +%H:%M:%S), ${SECONDS}s in)"; }
+STEP_STARTED=
+step() {  # the end of the previous step (how long it took, the time left before the deadline), then the next
+  [ -n "$STEP_STARTED" ] && echo "-- took $((SECONDS - STEP_STARTED)) s; $((DEADLINE - SECONDS)) s left of the ${DEADLINE} s deadline"
+  STEP_STARTED=$SECONDS
+  echo; echo "== $* ($(date -u +%H:%M:%S), ${SECONDS}s in, $((DEADLINE - SECONDS)) s left)"
+}
 
 limited() {  # limited SECONDS CMD...: CMD under `timeout`, cut to what is left before the deadline
   local limit=$1 left=$((DEADLINE - SECONDS))
@@ -28,7 +33,7 @@ install_wheels() {  # PyAV and diffusers from $WHEELS/ into $WORK/site on PYTHON
   if compgen -G "$WHEELS/*.whl" > /dev/null; then
     # --no-deps --target: nothing already installed (torch, numpy, ...) is touched or re-resolved
     SITE="$WORK/site"
-    limited 90 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
+    limited "${LIMIT_INSTALL:-90}" "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$WHEELS"/*.whl \
       && export PYTHONPATH="$PYTHONPATH:$SITE" \
       || echo "pip install from $WHEELS/ failed: what follows still runs where av (and diffusers) import"
   else

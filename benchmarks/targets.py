@@ -1,11 +1,13 @@
-"""Issue 9's targets, met or not, from the JSON of one `benchmarks/gpu.sh` run.
+"""Issue 9's targets (and issue 17's first-frame and steady-state rows), met or not, from one `benchmarks/gpu.sh` run.
 
     python benchmarks/targets.py RESULTS_DIR [--res 720p] [--frames 25] [--json targets.json] [--strict]
                                  [--big xl] [--small s]   (other variants stand in for XL and S in tests)
 
-Reads RESULTS_DIR/bench_*.json (`flashdecode bench --json`) and decode_mp4.json / decode_raw.json
-(`flashdecode decode --json`) and prints one line per target: the threshold, the measured value, met / NOT
-MET / not measured, and where the number comes from. Speed targets take the fastest row of that model and
+Reads RESULTS_DIR/bench_*.json (`flashdecode bench --json`), decode_mp4.json / decode_raw.json
+(`flashdecode decode --json`) and steady_state.json (benchmarks/steady_state.py: host syncs in the steady state,
+first-frame latency, peak memory of the first two frames against the steady state) and prints one line per
+target: the threshold, the measured value, met / NOT MET / not measured (reported: a number with no threshold),
+and where the number comes from. Speed targets take the fastest row of that model and
 dtype (eager or compiled); memory targets the largest peak among those rows. GB = 10^9 bytes, as in the
 issue. `--strict` exits 1 when a measured target is not met (gpu.sh does not use it: it only reports).
 """
@@ -34,7 +36,10 @@ def load_rows(folder: Path) -> tuple[list[dict], dict]:
 
 
 def load_decode(folder: Path, name: str) -> dict | None:
-    path = folder / f"decode_{name}.json"
+    return load_json(folder / f"decode_{name}.json")
+
+
+def load_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -50,8 +55,32 @@ def result(target: str, threshold: str, value: str | None, met: bool | None, det
     return dict(target=target, threshold=threshold, measured=value, met=met, detail=detail)
 
 
+def steady_state_targets(steady: dict | None, big: str = "xl") -> list[dict]:
+    """Issue 17's rows from steady_state.json: no host sync after the window fills, the first-frame latency
+    (reported), and the first two frames' peak no higher than the steady state's."""
+    where = f"{big.upper()} {steady['res']} {steady['dtype']}, {steady['latent_frames']} latent frames" if steady else big.upper()
+    sync_name = f"no host sync in the steady state ({where}, frames {steady['sync_frames'] if steady else '3-30'})"
+    ttff_name = f"first-frame latency, warm ({where})"
+    peak_name = f"peak allocated, first two frames vs steady state ({where})"
+    if not steady:
+        return [result(name, threshold, None, None, "no steady_state.json")
+                for name, threshold in ((sync_name, "no sync"), (ttff_name, "-"), (peak_name, "<= 1.00x"))]
+    out = [result(sync_name, "no sync", {True: "none", False: "synced", None: None}[steady["sync_free"]],
+                  steady["sync_free"], steady.get("sync_error") or "torch.cuda.set_sync_debug_mode('error') on the "
+                  "decode thread: Decoder.stream, latent frames from the host"),
+           result(ttff_name, "-", f"{steady['ttff_ms']:.1f} ms", None,
+                  f"{steady['ttff_method']}; runs {', '.join(f'{t:.1f}' for t in steady['ttff_runs_ms'])} ms")]
+    cuda = steady.get("mem_method", "").startswith("cuda")
+    first, later = steady["peak_first_two_bytes"], steady["peak_steady_bytes"]
+    out.append(result(peak_name, "<= 1.00x", f"{first / later:.3f}x" if cuda else None,
+                      first <= later if cuda else None,
+                      f"first two {first / GB:.3f} GB, steady state {later / GB:.3f} GB ({steady['mem_method']})"
+                      + ("" if cuda else ": no CUDA allocator peak, not judged")))
+    return out
+
+
 def evaluate(rows: list[dict], mp4: dict | None, raw: dict | None, res: str = "720p", frames: int = 25,
-             big: str = "xl", small: str = "s") -> list[dict]:
+             big: str = "xl", small: str = "s", steady: dict | None = None) -> list[dict]:
     ok = [r for r in rows if r.get("fps") and r.get("kind") == "flashdecode"]
     clip = [r for r in ok if r["res"] == res and r["frames"] == frames]
 
@@ -112,6 +141,8 @@ def evaluate(rows: list[dict], mp4: dict | None, raw: dict | None, res: str = "7
     else:
         out.append(result(name, ">= 8x", None, None, f"no {big.upper()} bf16 row paired with a baseline"))
 
+    out += steady_state_targets(steady, big)
+
     # Beyond the issue's table: what the project already promised, read from the same run.
     e2e_rows = [r for r in ok if r.get("e2e_fps")]
     for r in e2e_rows:
@@ -148,13 +179,15 @@ def main() -> int:
 
     rows, machine = load_rows(args.results)
     results = evaluate(rows, load_decode(args.results, "mp4"), load_decode(args.results, "raw"), args.res, args.frames,
-                       args.big, args.small)
+                       args.big, args.small, load_json(args.results / "steady_state.json"))
     random = any(r.get("random_weights") for r in rows)
-    print(f"issue 9 targets, {machine.get('device_name', 'unknown device')}, torch {machine.get('torch', '?')}"
+    print(f"issue 9 and 17 targets, {machine.get('device_name', 'unknown device')}, torch {machine.get('torch', '?')}"
           f"{', random weights' if random else ''} ({args.results})")
     width = max(len(r["target"]) for r in results)
     for r in results:
         verdict = {True: "met", False: "NOT MET", None: "not measured"}[r["met"]]
+        if r["met"] is None and r["measured"]:
+            verdict = "reported"  # a number without a threshold (or not judged on this device)
         print(f"  {r['target']:<{width}}  {r['threshold']:>10}  {r['measured'] or '-':>10}  {verdict:<12}  {r['detail']}")
     if random:
         print("  random weights: speed and memory do not depend on the weight values, but the video is noise, the "

@@ -5,6 +5,7 @@ Numbers are not asserted (the CPU is shared and noisy); the structure is.
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -209,27 +210,61 @@ def test_table_and_plot_from_rows(tmp_path):
     assert (tmp_path / "bars.png").stat().st_size > 0 and (tmp_path / "lengths.png").stat().st_size > 0
 
 
+GPU_SCRIPT = REPO / "benchmarks" / "gpu.sh"
+FAMILIES_LANDED = importlib.util.find_spec("flashdecode.wan_vae") is not None
+
+
+def test_gpu_script_budget_fits_one_device_call():
+    """Every step's limit comes from the script's BUDGET table, whose sum fits the deadline; the deadline, the
+    targets after it and the kill of the printed `run` call fit the device call's limit, with margin."""
+    proc = subprocess.run(["bash", str(GPU_SCRIPT), "-"], env=dict(os.environ, PRINT_BUDGET="1"), capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    table = dict(line.split()[:2] for line in proc.stdout.splitlines()
+                 if line.split()[1:2] and line.split()[1].isdigit() and line.split()[0] != "sum")
+    deadline = int(re.search(r"of the (\d+) s deadline; targets (\d+) s", proc.stdout).group(1))
+    targets_s = int(re.search(r"targets (\d+) s after it", proc.stdout).group(1))
+    steps = {k: int(v) for k, v in table.items()}
+    assert sum(steps.values()) <= deadline, steps
+    assert {"steady", "bf16", "fp8", "decode_mp4", "decode_raw", "lengths", "tests"} <= steps.keys()
+    text = GPU_SCRIPT.read_text()
+    assert not re.search(r"^\s*limited [0-9]", text, re.M)  # no step with a limit outside the table
+    assert not re.search(r"^\s*timeout [0-9]", text, re.M)
+    run_call = (REPO / "benchmarks" / "prepare_gpu_run.sh").read_text()
+    kill = int(re.search(r"timeout (\d+) bash benchmarks/gpu.sh", run_call).group(1))
+    call = int(re.search(r"timeout_s=(\d+)", run_call).group(1))
+    assert deadline + targets_s < kill < call <= 545  # ~540 s: the per-call limit (600 s) less the start-up
+
+
 def test_gpu_script_runs_every_step_on_cpu_at_tiny_sizes(tmp_path):
-    """benchmarks/gpu.sh end to end with the CPU overrides: each bench and decode step, the JSON, the targets."""
-    script = REPO / "benchmarks" / "gpu.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    """benchmarks/gpu.sh end to end with the CPU overrides: every step finishes within its limit (none skipped
+    or cut for time), each JSON, the targets."""
+    assert subprocess.run(["bash", "-n", str(GPU_SCRIPT)]).returncode == 0
     env = dict(os.environ, PYTHON=sys.executable, DEVICE="cpu", DTYPE="bf16", MODELS="tiny", RES="32x32", FRAMES="5",
-               COMPILES="off", FP8_COMPILE="off", E2E_MODEL="tiny", E2E_RES="32x32", E2E_LATENT_FRAMES="3",
-               LENGTHS="2,3", LENGTH_MODELS="tiny", LENGTH_RES="16x16", BENCH_ARGS="--baseline-size tiny --warmup 0 --repeat 1",
+               COMPILES="off", FP8_MODELS="tiny", FP8_COMPILE="off", E2E_MODEL="tiny", E2E_RES="32x32",
+               E2E_LATENT_FRAMES="3", LENGTHS="2,3", LENGTH_MODELS="tiny", LENGTH_RES="16x16", STEADY_MODEL="tiny",
+               STEADY_RES="32x32", STEADY_FRAMES="4", BENCH_ARGS="--baseline-size tiny --warmup 0 --repeat 1",
                DECODE_ARGS="--dtype bf16", SKIP_INSTALL="1", SKIP_TESTS="1", NO_PLOT="1")
-    proc = subprocess.run(["bash", str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:]
-    assert (tmp_path / "nvidia-smi.txt").exists()
-    assert "flashdecode bench" in (tmp_path / "gpu.log").read_text()
+    log = (tmp_path / "gpu.log").read_text()
+    assert (tmp_path / "nvidia-smi.txt").exists() and "flashdecode bench" in log
+    assert "deadline is reached" not in log and "failed or timed out" not in log, log[-3000:]
+    for name in ("latents", "steady", "bf16", "fp8", "decode_mp4", "decode_raw", "lengths", "targets"):
+        assert f"== {name}" in log, name
+    assert log.count("-- took ") >= 8 and "s left of the 470 s deadline" in log  # the time left, after each step
 
     main = json.loads((tmp_path / "bench_bf16.json").read_text())
     assert MACHINE_KEYS <= main["machine"].keys() and "hostname" not in json.dumps(main["machine"]).lower()
-    assert [r["decoder"] for r in main["rows"]] == ["wan2.2-conv", "flashdecode-tiny"]
-    for r in main["rows"]:
+    rows = {r["decoder"]: r for r in main["rows"]}
+    assert list(rows) == ["wan2.2-conv", "wan2.2-vae", "flashdecode-tiny"]  # vae.decode, streamed, FlashDecoder
+    if not FAMILIES_LANDED:  # the streamed Wan VAE family (flashdecode/wan_vae.py) is another change's
+        assert "wan_vae" in rows.pop("wan2.2-vae")["error"]
+    for r in rows.values():
         assert "error" not in r, r.get("error")
         assert ROW_KEYS <= r.keys() and r["random_weights"] is True and r["device"] == "cpu" and r["frames"] == 5
         assert r["dtype"] == "bfloat16"
-    fd = main["rows"][1]
+    fd = rows["flashdecode-tiny"]
     assert fd["baseline"] == "wan2.2-conv" and fd["speedup_vs_baseline"] > 0 and fd["mem_ratio_vs_baseline"] > 0
     assert fd["output"] == "mp4" and fd["e2e_frames"] == 5 and fd["e2e_fps"] > 0 and fd["e2e_bytes_per_frame"] > 0
 
@@ -241,6 +276,10 @@ def test_gpu_script_runs_every_step_on_cpu_at_tiny_sizes(tmp_path):
     fp8 = json.loads((tmp_path / "bench_fp8.json").read_text())["rows"]
     assert [(r["decoder"], r["dtype"]) for r in fp8] == [("flashdecode-tiny", "fp8")]
     assert "error" not in fp8[0] and fp8[0]["e2e_frames"] == 5, fp8[0]
+    steady = json.loads((tmp_path / "steady_state.json").read_text())
+    assert steady["latent_frames"] == 4 and steady["sync_frames"] == "3-4" and steady["ttff_ms"] > 0
+    assert steady["sync_free"] is None and "CUDA only" in steady["sync_error"]  # the check needs a GPU
+    assert steady["peak_first_two_bytes"] > 0 and steady["peak_steady_bytes"] > 0
 
     targets = json.loads((tmp_path / "targets.json").read_text())["targets"]
     by_name = {t["target"]: t for t in targets}
@@ -249,7 +288,11 @@ def test_gpu_script_runs_every_step_on_cpu_at_tiny_sizes(tmp_path):
     assert by_name["TINY peak allocated, bf16 (32x32)"]["met"] is None  # CPU rows have no CUDA allocator peak
     assert by_name["decode -o out.mp4 --model tiny, end to end / decode-only"]["measured"]
     assert by_name["decode -o - --format raw --model tiny, end to end / decode-only"]["measured"]
-    assert "met" in (tmp_path / "targets.txt").read_text()
+    where = "TINY 32x32 float32, 4 latent frames"
+    assert by_name[f"first-frame latency, warm ({where})"]["measured"].endswith(" ms")
+    assert by_name[f"no host sync in the steady state ({where}, frames 3-4)"]["met"] is None  # not on a CPU
+    text = (tmp_path / "targets.txt").read_text()
+    assert " met " in text and "reported" in text
 
 
 def _targets_module():
@@ -285,6 +328,25 @@ def test_targets_judge_the_issue_table_from_rows():
     assert got["decode -o - --format raw --model xl, end to end / decode-only"]["met"] is None
     assert got["XL bf16 speed-up vs Wan2.2 conv (720p, same run)"]["measured"] == "8.5x"
     assert got["bench --output mp4: e2e_fps / fps, S bfloat16 (bench_x.json), 720p"]["met"] is True  # 0.92 >= 0.9
+
+
+def test_targets_judge_the_steady_state_rows():
+    targets = _targets_module()
+    steady = dict(res="720p", dtype="bfloat16", latent_frames=30, sync_frames="3-30", sync_free=False,
+                  sync_error="called a synchronizing CUDA operation", ttff_ms=41.5, ttff_runs_ms=[41.5, 40.0],
+                  ttff_method="m", peak_first_two_bytes=2.0e9, peak_steady_bytes=1.6e9,
+                  mem_method="cuda max_memory_allocated")
+    got = {r["target"].split(" (")[0]: r for r in targets.steady_state_targets(steady)}
+    sync = got["no host sync in the steady state"]
+    assert sync["met"] is False and "synchronizing" in sync["detail"]
+    assert got["first-frame latency, warm"]["measured"] == "41.5 ms" and got["first-frame latency, warm"]["met"] is None
+    peak = got["peak allocated, first two frames vs steady state"]
+    assert peak["met"] is False and peak["measured"] == "1.250x"  # a masked first frame would show here
+    got = {r["target"].split(" (")[0]: r for r in targets.steady_state_targets(
+        dict(steady, sync_free=True, sync_error=None, peak_first_two_bytes=1.5e9))}
+    assert got["no host sync in the steady state"]["met"] is True
+    assert got["peak allocated, first two frames vs steady state"]["met"] is True
+    assert all(r["met"] is None and r["measured"] is None for r in targets.steady_state_targets(None))
 
 
 @pytest.mark.cuda
