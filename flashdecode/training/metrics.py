@@ -35,8 +35,8 @@ def psnr_per_frame(x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
     return [[math.inf if m == 0 else 10 * math.log10(1 / m) for m in clip] for clip in mse.tolist()]
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
+    t = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
     g = torch.exp(-t.square() / (2 * sigma**2))
     return g / g.sum()
 
@@ -72,7 +72,7 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: fl
 
 
 def _ssim_map(x: torch.Tensor, y: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
-    g = _gaussian_window(window, sigma).to(device=x.device, dtype=x.dtype)
+    g = _gaussian_window(window, sigma, x.device).to(x.dtype)  # made on the device: a host copy would sync
     bh, bw = _band(g, x.shape[-2]), _band(g, x.shape[-1])
     blur = lambda z: bh.T @ z @ bw  # noqa: E731  separable gaussian, valid region; matmuls beat conv2d ~15x on CPU
     c1, c2 = 0.01**2, 0.03**2

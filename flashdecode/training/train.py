@@ -10,8 +10,10 @@ only ever holds the best EMA evaluation so far (the start included). From `--ini
 the teacher's exact inverse (embed, time_up, head) learn at a tenth of the rate of the blocks, so the residual
 blocks learn what a linear decoder cannot without the carried signal being shaken loose.
 
-The step keeps the host out of the way: pixels move as uint8 and are converted on the device, loss and PSNR are
-summed on the device and read once per log line, the optimizer is fused, the EMA is one foreach lerp.
+The step keeps the host out of the way: no host-device sync outside log and eval steps (TrainConfig.sync_debug
+turns any into an error). Batches move as uint8, pinned, copied non_blocking on a side stream one step ahead
+(prefetch.py) and converted on the device; loss and PSNR are summed on the device and read once per log line;
+the optimizer is fused; the EMA is one foreach lerp; no constant is built on the host inside the step.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from ..checkpoint import save_checkpoint
 from ..engine import Decoder, build_model
@@ -36,6 +38,7 @@ from ..errors import FlashdecodeError
 from ..model import ModelConfig, flops_per_clip
 from ..video_io import from_uint8
 from .metrics import ssim_per_image
+from .prefetch import epochs, host_syncs_forbidden, to_device_ahead
 
 
 @dataclass
@@ -67,6 +70,7 @@ class TrainConfig:
     grad_checkpoint: bool | None = None  # None: only when the step's activations are large (see needs_checkpointing)
     precision: str = "auto"  # auto | bf16 | fp32: bf16 autocast on CUDA, and on CPUs with AMX bf16 tiles
     compile: bool = False  # torch.compile the unrolled clip + loss (static shapes): pays on GPUs, not on CPUs
+    sync_debug: bool = False  # CUDA: every step after the first under set_sync_debug_mode("error") (log/eval outside)
     init: str = "random"  # random | teacher (a linear teacher's exact inverse, see linear_init.py) | a checkpoint path
     resume: bool = False
     seed: int = 0
@@ -113,9 +117,28 @@ def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, ssim_weight: f
     l1 = F.l1_loss(pred, target) if pixel == "l1" else F.mse_loss(pred, target)
     if not ssim_weight:
         return l1
-    luma = pred.new_tensor(LUMA).view(1, 3, 1, 1, 1) / 2
-    frames = lambda x: ((x.float().clamp(-1, 1) * luma).sum(1) + 0.5).flatten(0, 1)[:, None]  # noqa: E731  [B*T, 1, H, W] in [0, 1]
-    return l1 + ssim_weight * (1 - ssim_per_image(frames(pred), frames(target)).mean())
+    return l1 + ssim_weight * (1 - ssim_per_image(luma_frames(pred), luma_frames(target)).mean())
+
+
+def luma_frames(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, T, H, W] in [-1, 1] -> luma [B*T, 1, H, W] in [0, 1]. Python-float weights: a weight tensor built
+    from a list would be a synchronizing host-to-device copy every step."""
+    r, g, b = x.float().clamp(-1, 1).unbind(1)
+    return ((LUMA[0] / 2) * r + (LUMA[1] / 2) * g + (LUMA[2] / 2) * b + 0.5).flatten(0, 1)[:, None]
+
+
+@torch.no_grad()
+def update_ema(ema: AveragedModel, model: torch.nn.Module, decay: float, first: bool) -> None:
+    """ema <- decay * ema + (1 - decay) * model in one foreach lerp (`first`: a copy), as
+    AveragedModel.update_parameters with get_ema_multi_avg_fn does, but without its per-step copy of the CPU
+    step counter to the device (a host sync). The counter stays AveragedModel's, so its state_dict is unchanged;
+    the caller knows whether this is the first update (int(ema.n_averaged) == 0, read once before the steps)."""
+    averaged, current = list(ema.module.parameters()), [p.detach() for p in model.parameters()]
+    if first:
+        torch._foreach_copy_(averaged, current)
+    else:
+        torch._foreach_lerp_(averaged, current, 1 - decay)
+    ema.n_averaged += 1
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, passthrough_lr: float):
@@ -331,7 +354,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
     # with a light SSIM term.
     pixel_loss = cfg.pixel_loss or ("mse" if fine_tune else "l1")
     ssim_weight = cfg.ssim_weight if cfg.ssim_weight is not None else (0.05 if fine_tune else 0.2)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema))  # one torch._foreach_lerp_ per step
+    ema = AveragedModel(model)  # the container and its state_dict; update_ema averages (one foreach lerp per step)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay, lr, passthrough), lr=lr, betas=(0.9, 0.95),
                             fused=True)  # one kernel over all parameters (CUDA and CPU)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, cfg.steps))
@@ -410,45 +433,48 @@ def train(cfg: TrainConfig, console=None) -> Path:
     sums = torch.zeros(3, device=device)
     train_log: list[tuple[int, float, float]] = []
     window_start, window_steps, steps_done, timed = time.time(), 0, 0, 0.0
-    epoch = 0
-    while step < cfg.steps and not (cfg.minutes and time.time() - start > 60 * cfg.minutes):
-        sampler.set_epoch(epoch)
-        epoch += 1
-        for pixels, latents in loader:
-            pixels = from_uint8(pixels.to(device, non_blocking=True))
-            latents = latents.to(device, non_blocking=True)
+    batches = to_device_ahead(epochs(loader, sampler), device)  # pinned, non_blocking, one step ahead
+    checked = cfg.sync_debug
+    ema_updates = int(ema.n_averaged)  # a CPU counter, read here once: update_ema's first update copies
+    last = cfg.steps <= step or bool(cfg.minutes and time.time() - start > 60 * cfg.minutes)
+    while not last:
+        # Nothing in here waits for the device (sync_debug: any wait raises), except on the first step of a run,
+        # where the fused optimizer creates its state.
+        with host_syncs_forbidden(checked and steps_done > 0, device):
+            pixels, latents = next(batches)
+            pixels = from_uint8(pixels)
             loss, pred = loss_fn(latents, pixels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip, foreach=True)
             opt.step()
             sched.step()
-            ema.update_parameters(model)
-            step += 1
+            update_ema(ema, model, cfg.ema, first=ema_updates == 0)
+            ema_updates += 1
             with torch.no_grad():
                 mse = (pred.detach().float().clamp(-1, 1) - pixels).square().mean() / 4  # on [0, 1]
                 sums += torch.stack([loss.detach().float(), -10 * torch.log10(mse.clamp_min(1e-12)), sums.new_ones(())])
-            window_steps += 1
-            steps_done += 1
-            last = step >= cfg.steps or bool(cfg.minutes and time.time() - start > 60 * cfg.minutes)
-            if step % cfg.log_every == 0 or last:
-                l, p, n = sums.tolist()  # the one host sync per log line
-                sums.zero_()
-                train_log.append((step, l / n, p / n))
-                elapsed = time.time() - window_start  # training time only: evaluations are not in the window
-                rate = window_steps / elapsed if elapsed > 0 else float("nan")
-                eta = (cfg.steps - step) / rate if rate > 0 else float("nan")
-                timed += elapsed
-                if rank == 0:
-                    console.log(f"step {step}/{cfg.steps}  loss {l / n:.4f}  train PSNR {p / n:.2f} dB  "
-                                f"{rate:.2f} steps/s  {rate * cfg.batch * world:.1f} samples/s  "
-                                f"{rate * flops / 1e12:.3g} TFLOP/s  lr {sched.get_last_lr()[0]:.2e}  ETA {eta / 60:.1f} min")
-                window_start, window_steps = time.time(), 0
-            if step % cfg.eval_every == 0 and not last and rank == 0:
-                eval_and_save()
-                window_start = time.time()
-            if last:
-                break
+        step += 1
+        window_steps += 1
+        steps_done += 1
+        last = step >= cfg.steps or bool(cfg.minutes and time.time() - start > 60 * cfg.minutes)
+        if step % cfg.log_every == 0 or last:
+            l, p, n = sums.tolist()  # the one host sync per log line
+            sums.zero_()
+            train_log.append((step, l / n, p / n))
+            elapsed = time.time() - window_start  # training time only: evaluations are not in the window
+            rate = window_steps / elapsed if elapsed > 0 else float("nan")
+            eta = (cfg.steps - step) / rate if rate > 0 else float("nan")
+            timed += elapsed
+            if rank == 0:
+                console.log(f"step {step}/{cfg.steps}  loss {l / n:.4f}  train PSNR {p / n:.2f} dB  "
+                            f"{rate:.2f} steps/s  {rate * cfg.batch * world:.1f} samples/s  "
+                            f"{rate * flops / 1e12:.3g} TFLOP/s  lr {sched.get_last_lr()[0]:.2e}  ETA {eta / 60:.1f} min")
+            window_start, window_steps = time.time(), 0
+        if step % cfg.eval_every == 0 and not last and rank == 0:
+            eval_and_save()
+            window_start = time.time()
+    batches.close()
     final = None
     if rank == 0:
         eval_and_save()
