@@ -62,6 +62,24 @@ def test_run_case_in_process_gives_a_complete_row():
     assert row["ms_per_latent_frame_p90"] >= row["ms_per_latent_frame"] > 0
 
 
+def test_tiny_decoder_case_measures_through_the_shared_interface():
+    """--baseline taehv: the TAEHV decoder of the latent space, streamed and measured like FlashDecoder, its
+    row paired with diffusers' vae.decode of the same clip when one ran."""
+    import flashdecode
+
+    case = harness.build_cases(["32x32"], [], ["taehv"], [2], latent_space="wan2.2", repeat=1, warmup=0)[0]
+    row = harness.run_case(case)
+    assert ROW_KEYS <= row.keys() and row["kind"] == "family" and row["decoder"] == "taew2.2"
+    assert row["frames"] == 5 and row["random_weights"] is True and row["latent_space"] == "wan2.2"
+    assert row["params"] == flashdecode.load_decoder("taew2.2", weights="random").num_parameters()
+    assert row["flops_per_frame"] > 0 and row["ms_per_latent_frame"] > 0
+    assert harness.display_name(row) == "TAEW2.2 tiny"
+    base = dict(row, kind="baseline", model="wan2.2", decoder="wan2.2-conv", total_ms=row["total_ms"] * 10,
+                peak_mem_bytes=row["peak_mem_bytes"] * 3)
+    paired = harness.add_ratios([base, dict(row)])[1]
+    assert paired["speedup_vs_baseline"] == pytest.approx(10) and paired["mem_ratio_vs_baseline"] == pytest.approx(3)
+
+
 def test_dtype_and_compile_lists_make_one_case_each_and_baselines_skip_fp8():
     cases = harness.build_cases(["32x32"], ["tiny"], ["wan2.2"], [2], dtypes=["bfloat16", "fp8"],
                                 compiles=["off", "on"], device="cuda", output="mp4")
