@@ -87,13 +87,14 @@ def sync_free(decoder, pool: torch.Tensor, device: torch.device, n: int) -> tupl
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        for _ in stream:
-            pass
+        for _ in range(n - FILLING):  # exactly frames FILLING+1..n: not the video's end, whose last checks may wait
+            next(stream)
     except RuntimeError as e:
         return False, str(e).strip().splitlines()[0]
     finally:
         torch.cuda.set_sync_debug_mode(0)
-        stream.close()
+    for _ in stream:  # the end of the video, outside the check
+        pass
     torch.cuda.synchronize()
     return True, None
 
