@@ -25,7 +25,7 @@ def test_gpu_train_script_runs_every_step_on_the_cpu(tmp_path):
                SPEED_BATCH="2", SPEED_STEPS="6", SPEED_CLIPS="8", UTIL_SIZE="32x48", UTIL_BATCH="1", UTIL_STEPS="4",
                UTIL_CLIPS="4", SAFE_BATCH="2", SAFE_STEPS="4", SAFE_EVAL_EVERY="2", SAFE_CLIPS="8", DEMO_BATCH="2",
                DEMO_CLIPS="8", DEMO_STEPS="2", DEMO_EVAL_EVERY="2", DEMO_EVAL_FRAMES="5", TRAIN_ARGS="--log-every 2",
-               DEADLINE_S="200", **sizes)
+               DEADLINE_S="200", OMP_NUM_THREADS="1", **sizes)  # 2 threads on a busy 2-core box crawl (10x)
     results = tmp_path / "results"
     proc = subprocess.run(["bash", str(script), str(results)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:]
