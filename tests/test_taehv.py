@@ -122,7 +122,7 @@ def test_pth_state_dict_loads_like_safetensors(tmp_path):
 def cli(*args):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "flashdecode", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+                          env=env, timeout=1200)
 
 
 def test_cli_decodes_real_wan21_latents(tmp_path):
@@ -142,6 +142,17 @@ def test_cli_decodes_real_wan21_latents(tmp_path):
     want = flashdecode.load_decoder("taew2.1", weights=weights, device="cpu").decode(z.float())
     want = ((want[0].permute(1, 2, 3, 0) + 1) * 127.5).round().numpy()
     assert written.shape == want.shape and np.abs(written - want).max() <= 1
+
+
+@pytest.mark.slow
+def test_cli_decodes_the_whole_sample_clip(tmp_path):
+    # samples/: 16 real Wan2.1 latent frames, 40x64 -> 61 frames of 512x320 (minutes on a 2-core CPU).
+    out = tmp_path / "out.mp4"
+    r = cli("decode", REPO / "samples" / "wan21_t2v_320x512_16lat.safetensors", "--model", "taew2.1", "--weights",
+            own_weights(tmp_path), "-o", out, "-q")
+    assert r.returncode == 0, r.stderr
+    with av.open(str(out)) as f:
+        assert [fr.to_ndarray(format="rgb24").shape for fr in f.decode(video=0)] == [(320, 512, 3)] * 61
 
 
 def test_pickled_pth_is_refused_in_one_line(tmp_path):
