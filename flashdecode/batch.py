@@ -55,8 +55,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             files = [path]
         elif path.exists():  # a named pipe or a device: read once, it could not be opened twice (plan, then decode)
             what = "a named pipe (FIFO)" if stat.S_ISFIFO(path.stat().st_mode) else "not a regular file"
-            raise FlashdecodeError(f"input {path} is {what}: several inputs must be files; decode a pipe on its own "
-                                   f"(flashdecode decode {path} -o OUT.mp4)")
+            raise FlashdecodeError(f"input {shown(path)} is {what}: several inputs must be files; decode a pipe on its "
+                                   f"own (flashdecode decode {shown(path)} -o OUT.mp4)")
         else:
             raise FlashdecodeError(f"input {path} does not exist")
         found += files
@@ -76,7 +76,8 @@ def plan_outputs(files: list[Path], outdir: Path, suffix: str = ".mp4", batches:
     for f, out, n in zip(files, outputs, batches or [1] * len(files)):
         for name in map(Path, output_names(str(out), list(range(n)))):
             if name in first:
-                raise FlashdecodeError(f"{first[name]} and {f} would both be written to {name}; rename one of them")
+                raise FlashdecodeError(f"{shown(first[name])} and {shown(f)} would both be written to {shown(name)}; "
+                                       "rename one of them")
             first[name] = f
     return outputs
 
@@ -200,6 +201,8 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
 
     if decode_kw.get("stdout_format"):
         raise FlashdecodeError("--format applies to stdout (-o -); several inputs are decoded into a folder")
+    if isinstance(inputs, (str, os.PathLike)):  # one file, folder or glob
+        inputs = [inputs]
     if not isinstance(inputs, (list, tuple)) or not inputs:
         raise FlashdecodeError(f"decode_files needs a non-empty list of files, folders or globs, not {inputs!r}")
     check_names([("input", i) for i in inputs] + [("output", output), ("--json", json_path)])

@@ -12,7 +12,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import FlashdecodeError, shown
+from .errors import FlashdecodeError, listed, shown
 from .model import FlashDecoder, ModelConfig
 
 REPO_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -46,13 +46,16 @@ def save_checkpoint(path, model: FlashDecoder, latent_space: str, provenance: di
 def check_weights_path(path) -> Path:
     """A --weights PATH that names one .safetensors file, or one line saying what it is instead."""
     path = Path(path)
+    from .outputs import check_names
+
+    check_names([("--weights", path)])  # a name too long for the filesystem: one line, not ENAMETOOLONG
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.safetensors"))
-        hint = f" (it holds {', '.join(inside[:3])}{', ...' if len(inside) > 3 else ''})" if inside else ""
-        raise FlashdecodeError(f"weights {path} is a folder{hint}; pass --weights PATH to a .safetensors checkpoint "
+        hint = f" (it holds {listed(inside, 3)})" if inside else ""
+        raise FlashdecodeError(f"weights {shown(path)} is a folder{hint}; pass --weights PATH to a .safetensors checkpoint "
                                "file, or random")
     if path.exists() and not path.is_file():
-        raise FlashdecodeError(f"weights {path} is not a regular file; pass --weights PATH to a .safetensors file")
+        raise FlashdecodeError(f"weights {shown(path)} is not a regular file; pass --weights PATH to a .safetensors file")
     if not path.is_file():
         raise FlashdecodeError(f"weights file {path} does not exist; pass --weights PATH to a flashdecode .safetensors checkpoint")
     if path.suffix != ".safetensors":

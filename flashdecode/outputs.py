@@ -19,10 +19,11 @@ import errno
 import fcntl
 import hashlib
 import os
+import stat
 import sys
 from pathlib import Path
 
-from .errors import FlashdecodeError
+from .errors import FlashdecodeError, shown
 
 NAME_MAX = 255  # bytes per file or folder name on Linux/macOS filesystems (pathconf says, where it can)
 LOCK_SUFFIX = ".flashdecode-lock"
@@ -51,7 +52,7 @@ def check_names(paths: list[tuple[str, object]]) -> None:
         for part in path.parts:
             n = len(os.fsencode(part))
             if n > limit:
-                raise FlashdecodeError(f"{what} {_short(str(path))}: the name {_short(part, 40)!r} is {n} bytes long, "
+                raise FlashdecodeError(f"{what} {shown(_short(str(path)))}: the name {_short(part, 40)!r} is {n} bytes long, "
                                        f"more than the {limit} this filesystem allows per name; pick a shorter name")
 
 
@@ -84,12 +85,13 @@ def check_distinct(reads: list[tuple[str, object]], writes: list[tuple[str, obje
         if path is None:
             continue
         key = identity(path)
+        path = "- (stdout)" if str(path) == "-" else path
         if key in seen:
             other_what, other = seen[key]
             if key in read_ids:
-                raise FlashdecodeError(f"{what} {path} is the same file as the {other_what} {other}: writing it would "
+                raise FlashdecodeError(f"{what} {shown(path)} is the same file as the {other_what} {shown(other)}: writing it would "
                                        f"destroy the {other_what}; pick another {what} path")
-            raise FlashdecodeError(f"{other_what} {other} and {what} {path} are one file: the run would write it twice; "
+            raise FlashdecodeError(f"{other_what} {shown(other)} and {what} {shown(path)} are one file: the run would write it twice; "
                                    "pick distinct paths")
         seen[key] = (what, str(path))
 
@@ -113,19 +115,25 @@ class OutputLock:
         self.output, self.path, self.fd = Path(output), lock_path(Path(output)), None
         while self.fd is None:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                # never through a link: a planted `.NAME.flashdecode-lock -> precious` must not be truncated
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             except OSError as e:
-                raise FlashdecodeError(f"cannot write output {self.output}: {e.strerror or e}; "
-                                       "pick a writable location with -o") from None
+                raise FlashdecodeError(f"cannot write output {shown(self.output)}: {e.strerror or e} (its lock file "
+                                       f"{shown(self.path.name)}); pick a writable location with -o") from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:  # a hard link to another file: leave it alone
+                os.close(fd)
+                raise FlashdecodeError(f"lock file {shown(self.path)} of output {shown(self.output)} is not one "
+                                       "flashdecode made (a link or not a plain file); remove it or pick another output")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
                 os.close(fd)
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise FlashdecodeError(f"cannot lock output {self.output}: {e.strerror or e}") from None
+                    raise FlashdecodeError(f"cannot lock output {shown(self.output)}: {e.strerror or e}") from None
                 who = f" (pid {holder})" if holder.isdigit() else ""
-                raise FlashdecodeError(f"output {self.output} is being written by another flashdecode run{who}; "
+                raise FlashdecodeError(f"output {shown(self.output)} is being written by another flashdecode run{who}; "
                                        "wait for it to finish, or pick another output") from None
             if self._still_there(fd):  # else the previous holder removed it between our open and our lock: again
                 self.fd = fd

@@ -118,6 +118,8 @@ def check_arguments(**given) -> None:
     from .arguments import PATH, check_types, is_decoder
 
     text = "a string or None"
+    if given["input"] is None:
+        raise TypeError("input must be a path to latents or '-' (stdin), not None")
     check_types(input=(given["input"], PATH, "a path or '-'"), output=(given["output"], PATH, "a path or '-'"),
                 model=(given["model"], str, text), weights=(given["weights"], PATH, "a path or 'random'"),
                 latent_space=(given["latent_space"], str, text), layout=(given["layout"], str, text),
@@ -188,7 +190,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
                     progress=progress, json_path=json_path, overwrite=overwrite, decoder=decoder)
     input = str(input)
     output = str(output) if output is not None else ("-" if input == "-" else Path(input).with_suffix(".mp4").name)
-    check_names([("input", input), ("output", output), ("--json", json_path)])
+    check_names([("input", input), ("output", output), ("--json", json_path),
+                 ("--weights", weights if weights != "random" else None)])
     output_kind(output)  # an unknown extension or a bad pattern fails before anything is read
     if stdout_format is not None and output != "-":
         raise FlashdecodeError(f"--format applies to stdout (-o -) only; the output {output!r} is chosen by its name")

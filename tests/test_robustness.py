@@ -1067,30 +1067,39 @@ def _wait_for(predicate, seconds=120.0) -> None:
 
 
 def _first_fragment(path: Path):
-    from flashdecode.video_io import complete_fragments_size
+    """Whether a fragmented MP4 holds a complete fragment of frames (a moof and its mdat), not only its header."""
+    from flashdecode.video_io import _mp4_boxes
 
-    return lambda: path.exists() and complete_fragments_size(path) > 0
+    return lambda: path.exists() and any(kind == b"mdat" for kind, _ in _mp4_boxes(path))
 
 
 def test_a_second_writer_on_one_output_is_refused(tmp_path):
-    """Two decodes started on one output: the second is refused with one line, the first finishes a clean file."""
-    (tmp_path / "long.npy").write_bytes(_clip(40))
-    first = _cli("decode", tmp_path / "long.npy", "-o", tmp_path / "out.mp4", *TINY, "-q")
-    _wait_for(_first_fragment(tmp_path / "out.mp4"))
-    second = _cli("decode", tmp_path / "long.npy", "-o", tmp_path / "out.mp4", *TINY, "-q")
+    """Two decodes on one output: the second is refused with one line while the first (a live stream, waiting for
+    its producer) holds it; the first then finishes a clean file of its own frames."""
+    from flashdecode.outputs import is_locked
+
+    (tmp_path / "x.npy").write_bytes(_clip(2))
+    first = _cli("decode", "-", "-o", tmp_path / "out.mp4", *TINY, "-q", stdin=subprocess.PIPE)
+    first.stdin.write(_clip(1) * 3)  # three latent frames, then the producer stalls
+    first.stdin.flush()
+    _wait_for(lambda: is_locked(tmp_path / "out.mp4"))
+    second = _cli("decode", tmp_path / "x.npy", "-o", tmp_path / "out.mp4", *TINY, "-q")
     err2 = second.communicate(timeout=120)[1].decode()
-    err1 = first.communicate(timeout=300)[1].decode()
+    first.stdin.write(_clip(1) * 2)
+    first.stdin.close()
+    first.wait(timeout=300)
+    err1 = first.stderr.read().decode()
     assert second.returncode == 2 and first.returncode == 0, (err1, err2)
     _one_error(err2, "being written by another flashdecode run")
     _one_error(err1, None)
-    assert _frames(tmp_path / "out.mp4") == 157  # 1 + 4 x 39: the first run's frames, whole
+    assert _frames(tmp_path / "out.mp4") == 17  # 1 + 4 x 4: the first run's five latent frames, whole
     assert not list(tmp_path.glob(".*lock"))  # the lock's sidecar goes with the run
 
 
 def test_a_stopped_batch_lists_the_file_in_progress(tmp_path):
     """SIGTERM (what `timeout` sends) while the second of three files decodes: the summary lists the finished
     file, the partial one with the frames that play, and the one never started."""
-    for name, t in [("a.npy", 2), ("b.npy", 60), ("c.npy", 2)]:
+    for name, t in [("a.npy", 2), ("b.npy", 400), ("c.npy", 2)]:
         (tmp_path / name).write_bytes(_clip(t))
     proc = _cli("decode", tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "c.npy", "-o", tmp_path / "out",
                 *TINY, "-q", "--json", tmp_path / "s.json")
@@ -1102,7 +1111,7 @@ def test_a_stopped_batch_lists_the_file_in_progress(tmp_path):
     summary = json.loads((tmp_path / "s.json").read_text())
     files = {Path(f["input"]).name: f for f in summary["files"]}
     held = _frames(tmp_path / "out" / "b.mp4")
-    assert 0 < held < 237 and files["b.npy"]["frames"] == held and files["b.npy"]["status"] == "terminated"
+    assert 0 < held < 1597 and files["b.npy"]["frames"] == held and files["b.npy"]["status"] == "terminated"
     assert files["a.npy"]["frames"] == _frames(tmp_path / "out" / "a.mp4") == 5
     assert files["c.npy"]["status"] == "not started" and not (tmp_path / "out" / "c.mp4").exists()
     assert summary["status"] == "terminated" and summary["frames"] == 5 + held
@@ -1144,7 +1153,7 @@ def test_torchrun_killed_rank_summary_covers_every_rank(tmp_path):
     """kill -9 of rank 1 mid-file under torchrun: torchrun stops rank 0, whose summary lists every file: its own
     (the one in progress with its frames), rank 1's partial file with the frames on disk, and the rest."""
     for name in ("a.npy", "b.npy", "c.npy", "d.npy"):  # rank 0 takes a and c, rank 1 b and d
-        (tmp_path / name).write_bytes(_clip(80))
+        (tmp_path / name).write_bytes(_clip(400))
     proc = _torchrun("decode", tmp_path, "-o", tmp_path / "out", *TINY, "-q", "--json", tmp_path / "s.json")
     _wait_for(_first_fragment(tmp_path / "out" / "b.mp4"), 300)
     os.kill(_rank_pid(proc, 1), signal.SIGKILL)
@@ -1155,7 +1164,7 @@ def test_torchrun_killed_rank_summary_covers_every_rank(tmp_path):
     files = {Path(f["input"]).name: f for f in summary["files"]}
     assert sorted(files) == ["a.npy", "b.npy", "c.npy", "d.npy"]
     held = {n: _frames(tmp_path / "out" / f"{n}.mp4") for n in "abcd"}
-    assert 0 < held["b"] < 317 and files["b.npy"]["frames"] == held["b"] and files["b.npy"]["status"] == "unreported"
+    assert 0 < held["b"] < 1597 and files["b.npy"]["frames"] == held["b"] and files["b.npy"]["status"] == "unreported"
     assert files["a.npy"]["frames"] == held["a"] > 0 and files["a.npy"]["rank"] == 0
     assert summary["frames"] == sum(held.values()) and summary["status"] == "terminated"
 
@@ -1251,3 +1260,17 @@ def test_output_through_a_symlink_to_the_input_is_refused(tmp_path):
         assert res["code"] == 2
         _one_error(res["stderr"], "same file as the input")
     assert (tmp_path / "x.npy").read_bytes() == data and not (tmp_path / "o.mp4").exists()
+
+
+def test_a_planted_lock_link_is_not_followed(tmp_path):
+    """The lock's sidecar is never opened through a link: a `.out.mp4.flashdecode-lock` planted as a symlink or a
+    hard link to another file is one line, and that file is untouched."""
+    (tmp_path / "x.npy").write_bytes(_clip(2))
+    for link in (os.symlink, os.link):
+        (tmp_path / "precious").write_bytes(b"keep me")
+        link(tmp_path / "precious", tmp_path / ".out.mp4.flashdecode-lock")
+        res = _invoke([*DEC, str(tmp_path / "x.npy"), "-o", str(tmp_path / "out.mp4"), *TINY], None, {})
+        assert res["code"] == 2
+        _one_error(res["stderr"], "lock file")
+        assert (tmp_path / "precious").read_bytes() == b"keep me" and not (tmp_path / "out.mp4").exists()
+        (tmp_path / ".out.mp4.flashdecode-lock").unlink()

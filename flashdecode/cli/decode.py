@@ -69,7 +69,8 @@ def decode(
 
     try:
         with stop_on_signals():  # SIGTERM/SIGHUP flush the outputs like Ctrl-C
-            check_names([*(("input", i) for i in input), ("output", output), ("--json", json_path)])
+            check_names([*(("input", i) for i in input), ("output", output), ("--json", json_path),
+                         ("--weights", weights if weights != "random" else None)])
             many = is_many(input)  # several files, a folder or a glob: flashdecode.batch, into the folder -o
             rank, world = torchrun_rank()
             if not many and rank > 0:  # one input under torchrun: rank 0 decodes it, not every rank into one file
