@@ -101,6 +101,19 @@ def test_equals_reference_and_streams_frame_by_frame(reference, tmp_path, model,
     assert (decoder.decode(z[:, :, 1:]) - reference_decode(net, z[:, :, 1:])).abs().max().item() <= 1e-4
 
 
+def test_file_with_wider_time_growth_loads_like_the_reference(reference, tmp_path):
+    # A file whose first TGrow was trained to double time (taehv's decoder_time_upscale=(True, True, True)) keeps,
+    # decoded without that growth, the last frame's channels: what the reference's patch_tgrow_layers does.
+    wide = lively(reference.TAEHV(checkpoint_path=None, decoder_time_upscale=(True, True, True)))
+    path = tmp_path / "taew2_1.pth"  # the reference picks its shapes from the file name
+    torch.save(wide.state_dict(), path)
+    assert wide.state_dict()["decoder.7.conv.weight"].shape[0] == 512
+    net = reference.TAEHV(checkpoint_path=str(path)).eval()
+    z = latents("taew2.1", frames=2, grid=(2, 2))
+    got = flashdecode.load_decoder("taew2.1", weights=path, device="cpu").decode(z)
+    assert (got - reference_decode(net, z)).abs().max().item() <= 1e-4
+
+
 def test_raw_latents_are_normalized_first(tmp_path):
     # TAEHV decodes diffusion-space latents as they are; raw VAE latents (raw=True) are normalized first.
     decoder = flashdecode.load_decoder("taew2.1", weights=own_weights(tmp_path), device="cpu")
