@@ -85,17 +85,36 @@ def plan_outputs(files: list[Path], outdir: Path, suffix: str = ".mp4", batches:
 def batch_sizes(files: list[Path], key, layout, batch_index) -> list[int]:
     """How many videos each file makes (its batch, or 1 with --batch-index), read from headers; 1 for a file
     that cannot be read (it fails on its own turn, with its own message)."""
-    from .latents_io import open_latents
-
     if batch_index is not None:
         return [1] * len(files)
     sizes = []
     for f in files:
         try:
-            sizes.append(int(open_latents(f, key=key, layout=layout, check=False).shape[0]))
+            shape = _header_shape(f, key)
+            if shape is None:  # another format: open it (latents_io reads what it must)
+                from .latents_io import open_latents
+
+                shape = open_latents(f, key=key, layout=layout, check=False).shape
+            sizes.append(int(shape[0]) if len(shape) == 5 else 1)  # [B,C,T,h,w]; a clip or a frame is one video
         except Exception:
             sizes.append(1)
     return sizes
+
+
+def _header_shape(path: Path, key) -> tuple | None:
+    """The latent tensor's shape from a .npy or .safetensors header alone (no tensor read); None for others."""
+    import numpy as np
+
+    if path.suffix.lower() == ".npy":
+        return np.load(path, mmap_mode="r", allow_pickle=False).shape
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        from .latents_io import _pick_name
+
+        with safe_open(str(path), "pt") as f:
+            return tuple(f.get_slice(_pick_name(list(f.keys()), key, str(path))).get_shape())
+    return None
 
 
 def check_outdir(output: str | None, create: bool = True) -> Path:

@@ -1012,6 +1012,8 @@ ROBUST_CASES = [  # (case, what else must hold afterwards: a function of the cas
     (C("overwrite-replaces-every-old-frame", [*DEC, str(CROP), "-o", "{tmp}/f/", *TINY, "-y", "-q"], code=0, error=None,
        files=OLD_FRAMES), lambda tmp: sorted(p.name for p in (tmp / "f").iterdir()) == [f"{i:05d}.png" for i in range(9)]
      and all(p.read_bytes()[:4] == b"\x89PNG" for p in (tmp / "f").iterdir())),
+    (C("existing-video-kept-when-the-run-fails-early", [*DEC, str(CROP), *OUT, *TINY], files={"out.mp4": b"an earlier video"},
+       env={"FLASHDECODE_AVAILABLE_MEMORY": "1K"}, error="available", left={"out.mp4": "untouched"}), None),
     # class 3: a summary that cannot be written after a good decode is one line, and the video stays
     (C("json-on-a-full-disk", [*DEC, str(CROP), *OUT, *TINY, "--json", "/dev/full", "-q"], error="cannot write --json",
        marks=(pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full"),)),
