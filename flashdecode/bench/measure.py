@@ -119,16 +119,11 @@ def _load(case: Case, device):
         flops = base.flops(case.height, case.width, case.latent_frames)
         return base, base.latent_space, (h, w), flops, "FlopCounterMode (meta device)"
     from ..engine import load_decoder
-    from ..memory import check_memory
     from ..model import flops_per_clip
 
     dec = load_decoder(case.model, case.latent_space, weights=case.weights, device=device, dtype=case.dtype,
                        compile=COMPILE_MODES[case.compile])
-    s = dec.latent_space.spatial
-    if case.height % s or case.width % s:
-        raise FlashdecodeError(f"{case.height}x{case.width} is not a multiple of {s} pixels per latent cell")
-    h, w = case.height // s, case.width // s
-    check_memory(dec, 1, h, w)  # a huge --res is one line here, not an allocation attempt in the first step
+    h, w = _latent_grid(dec, case)
     p = dec.config.patch
     flops = flops_per_clip(dec.config, h // p, w // p, case.latent_frames)
     return dec, dec.latent_space, (h, w), flops, "analytic (model.flops_per_clip)"
@@ -137,7 +132,6 @@ def _load(case: Case, device):
 def _load_family(case: Case, device):
     """Another decoder family (the stock Wan VAE streamed, a tiny TAEHV decoder) through the shared interface."""
     from ..engine import load_decoder, resolve_dtype
-    from ..memory import check_memory
 
     with tempfile.TemporaryDirectory(prefix="flashdecode-bench-") as folder:
         weights = "random"
@@ -147,13 +141,22 @@ def _load_family(case: Case, device):
             tiny_wan_vae(case.latent_space, save_to=Path(folder) / "vae")
             weights = str(Path(folder) / "vae")
         dec = load_decoder(case.model, weights=weights, device=device, dtype=resolve_dtype(case.dtype, device))
+    h, w = _latent_grid(dec, case)
+    flops = dec.flops_per_latent_frame(h, w) * case.latent_frames
+    return dec, dec.latent_space, (h, w), flops, f"{type(dec).__name__}.flops_per_latent_frame"
+
+
+def _latent_grid(dec, case: Case) -> tuple[int, int]:
+    """The case's latent grid for a decoder of the shared interface, and one line if it would not fit in memory
+    (a huge --res fails here, not as an allocation attempt in the first step)."""
+    from ..memory import check_memory
+
     s = dec.latent_space.spatial
     if case.height % s or case.width % s:
         raise FlashdecodeError(f"{case.height}x{case.width} is not a multiple of {s} pixels per latent cell")
     h, w = case.height // s, case.width // s
     check_memory(dec, 1, h, w)
-    flops = dec.flops_per_latent_frame(h, w) * case.latent_frames
-    return dec, dec.latent_space, (h, w), flops, f"{type(dec).__name__}.flops_per_latent_frame"
+    return h, w
 
 
 def _decode_streaming(decoder, pool, n: int, clock: Clock) -> None:
