@@ -142,6 +142,9 @@ def _load_family(case: Case, device):
             weights = str(Path(folder) / "vae")
         dec = load_decoder(case.model, weights=weights, device=device, dtype=resolve_dtype(case.dtype, device))
     h, w = _latent_grid(dec, case)
+    if hasattr(dec, "flops"):  # the whole clip, first frame counted as it is (the Wan VAE's makes 1 pixel frame, not 4)
+        return dec, dec.latent_space, (h, w), dec.flops(case.height, case.width, case.latent_frames), \
+            f"{type(dec).__name__}.flops"
     flops = dec.flops_per_latent_frame(h, w) * case.latent_frames
     return dec, dec.latent_space, (h, w), flops, f"{type(dec).__name__}.flops_per_latent_frame"
 
