@@ -27,7 +27,7 @@ here, their encoder tensors are ignored. Nothing is downloaded.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .engine import check_latents, latent_chunks, resolve_device, resolve_dtype
-from .errors import FlashdecodeError
+from .errors import FlashdecodeError, shown
 from .latent_spaces import LatentSpace, get_latent_space
 
 # --model -> (latent space, latent channels, pixel patch of the output: Wan2.2 unpatchifies 2x2)
@@ -249,63 +249,80 @@ class TinyVideoDecoder:
         return torch.cat(list(self.stream([latents], raw=raw, start_index=start_index)), dim=2)
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A TAEHV weight file's decoder tensors (`decoder.*`; the encoder's are not read): safetensors, or a .pth/.pt
-    state dict through weights_only (never unpickled), memory-mapped so that only those tensors are read."""
+def open_decoder_file(path: Path) -> tuple[dict[str, torch.Size], Callable[[], dict[str, torch.Tensor]]]:
+    """A TAEHV weight file's decoder tensors (`decoder.*`): their shapes, read from the header (safetensors) or a
+    memory map (.pth/.pt through weights_only, never unpickled), and a function that reads them. The shapes are
+    checked before anything is read, so a file claiming huge tensors costs nothing; the encoder's are never read."""
     if not path.is_file():
-        raise FlashdecodeError(f"weights file {path} does not exist; pass --weights PATH to a TAEHV file such as "
+        raise FlashdecodeError(f"weights file {shown(path)} does not exist; pass --weights PATH to a TAEHV file such as "
                                "taew2_1.safetensors (from github.com/madebyollin/taehv; nothing is downloaded)")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
-        try:
+        def read_safetensors(names=None):
             with safe_open(str(path), framework="pt") as f:
-                state = {k: f.get_tensor(k) for k in f.keys() if k.startswith("decoder.")}
-        except (SafetensorError, OSError) as e:
-            raise FlashdecodeError(f"weights {path} is not a readable safetensors file ({e}); re-download it") from None
-    elif path.suffix in (".pth", ".pt"):
+                if names is None:
+                    return {k: torch.Size(f.get_slice(k).get_shape()) for k in f.keys() if k.startswith("decoder.")}
+                return {k: f.get_tensor(k) for k in names}
+
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError:
-            raise FlashdecodeError(f"refused {path}: it holds pickled objects, not only tensors, and is never "
-                                   "unpickled; use the .safetensors file of the same weights") from None
-        except Exception as e:  # noqa: BLE001  (zip, EOF and torch errors all mean: not a readable .pth)
-            raise FlashdecodeError(f"cannot read {path} as a .pth state dict ({str(e).splitlines()[0]}); "
-                                   "use the .safetensors file of the same weights") from None
-    else:
-        raise FlashdecodeError(f"weights {path} must be a .safetensors or .pth TAEHV file (e.g. taew2_1.safetensors)")
+            shapes = read_safetensors()
+        except (SafetensorError, OSError) as e:
+            raise FlashdecodeError(f"weights {shown(path)} is not a readable safetensors file ({e}); re-download it") from None
+        return shapes, lambda: read_safetensors(list(shapes))
+    if path.suffix not in (".pth", ".pt"):
+        raise FlashdecodeError(f"weights {shown(path)} must be a .safetensors or .pth TAEHV file (e.g. taew2_1.safetensors)")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError:
+        raise FlashdecodeError(f"refused {shown(path)}: it holds pickled objects, not only tensors, and is never "
+                               "unpickled; use the .safetensors file of the same weights") from None
+    except Exception as e:  # noqa: BLE001  (zip, EOF and torch errors all mean: not a readable .pth)
+        raise FlashdecodeError(f"cannot read {shown(path)} as a .pth state dict ({str(e).splitlines()[0]}); "
+                               "use the .safetensors file of the same weights") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FlashdecodeError(f"{path} is not a state dict of tensors, so not a TAEHV weight file")
-    return {k: v for k, v in state.items() if k.startswith("decoder.")}
+        raise FlashdecodeError(f"{shown(path)} is not a state dict of tensors, so not a TAEHV weight file")
+    state = {k: v for k, v in state.items() if k.startswith("decoder.")}
+    # Read (copied out of the map) only when asked: the decoder must not depend on the file staying as it is.
+    return {k: v.shape for k, v in state.items()}, lambda: {k: v.clone() for k, v in state.items()}
 
 
-def latent_channels_of(state: dict[str, torch.Tensor]) -> int | None:
-    """The latent channels a file's decoder takes: its first conv's input width (after the base's clamp)."""
-    first = state.get("decoder.0.weight", state.get("decoder.1.weight"))
-    return first.shape[1] if first is not None and first.ndim == 4 else None
+def wider_tgrow(key: str, found: torch.Size, net: TinyDecoder) -> bool:
+    """A TGrow weight trained to grow time more than this decoder does: it keeps the last frame's channels."""
+    i = int(key.split(".")[1])
+    want = net.decoder[i].conv.weight.shape if isinstance(net.decoder[i], TGrow) else None
+    return key.endswith(".conv.weight") and want is not None and found[1:] == want[1:] and found[0] > want[0] \
+        and found[0] % want[0] == 0
 
 
-def decoder_state(state: dict[str, torch.Tensor], net: TinyDecoder, model: str, path) -> dict[str, torch.Tensor]:
-    """The file's decoder tensors, checked against `net` (names, shapes, finite values): one line if not."""
-    expected = net.state_dict()
-    for i, layer in enumerate(net.decoder):
-        key = f"decoder.{i}.conv.weight"
-        if isinstance(layer, TGrow) and key in state and state[key].shape[0] > expected[key].shape[0]:
-            # A file trained with time growth here, decoded without: its last frame's channels (as TAEHV does).
-            state[key] = state[key][-expected[key].shape[0]:]
-    problems = [f"{k} is {list(v.shape)} in the file, {list(expected[k].shape)} in {model}"
-                for k, v in state.items() if k in expected and v.shape != expected[k].shape]
-    problems += [f"{k} is missing" for k in expected if k not in state]
-    problems += [f"{k} is unexpected" for k in state if k not in expected]
+def check_shapes(found: dict[str, torch.Size], net: TinyDecoder, model: str, path) -> None:
+    """One line for the first tensor of the file that does not fit `net` (names and shapes), with a hint."""
+    if not found:
+        raise FlashdecodeError(f"{shown(path)} holds no TAEHV decoder tensors (decoder.N.*); pass a taew2_1/taew2_2 "
+                               "file of github.com/madebyollin/taehv")
+    expected = {k: v.shape for k, v in net.state_dict().items()}
+    problems = [f"{k} is {list(v)} in the file, {list(expected[k])} in {model}" for k, v in found.items()
+                if k in expected and v != expected[k] and not wider_tgrow(k, v, net)]
+    problems += [f"{k} is missing" for k in expected if k not in found]
+    problems += [f"{shown(k, 80)} is unexpected" for k in found if k not in expected]
     if problems:
-        found = {c: m for m, (_, c, _) in MODELS.items()}.get(latent_channels_of(state))
-        hint = (f"it looks like {found} weights: pass --model {found}" if found not in (None, model) else
+        first = found.get("decoder.0.weight", found.get("decoder.1.weight"))  # after the base's clamp
+        channels = first[1] if first is not None and len(first) == 4 else None
+        other = {c: m for m, (_, c, _) in MODELS.items()}.get(channels)
+        hint = (f"it looks like {other} weights: pass --model {other}" if other not in (None, model) else
                 "pass the taew2_1 file with --model taew2.1, taew2_2 with --model taew2.2")
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise FlashdecodeError(f"{path} does not fit --model {model}: {problems[0]}{more}; {hint}")
+        raise FlashdecodeError(f"{shown(path)} does not fit --model {model}: {problems[0]}{more}; {hint}")
+
+
+def fitted(state: dict[str, torch.Tensor], net: TinyDecoder, path) -> dict[str, torch.Tensor]:
+    """The file's (shape-checked) tensors for `net`: wider TGrow weights cut to their last frame's channels, as
+    TAEHV does; one line for a non-float, NaN or Inf tensor (it would decode to a black video)."""
+    expected = net.state_dict()
+    state = {k: v[-expected[k].shape[0]:] if wider_tgrow(k, v.shape, net) else v for k, v in state.items()}
     bad = [k for k, v in state.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
     if bad:
-        raise FlashdecodeError(f"{path} holds non-float, NaN or Inf values in {bad[0]}; the file is corrupt: re-download it")
+        raise FlashdecodeError(f"{shown(path)} holds non-float, NaN or Inf values in {bad[0]}; the file is corrupt: re-download it")
     return state
 
 
@@ -336,11 +353,12 @@ def load(model: str, weights=None, device=None, dtype=None) -> TinyVideoDecoder:
         net = random_decoder(channels, patch)
     else:
         path = Path(weights)
-        state = read_state_dict(path)
-        variant = "super" if "decoder.0.weight" in state else "base"  # base starts with a parameterless clamp
+        shapes, read = open_decoder_file(path)
+        variant = "super" if "decoder.0.weight" in shapes else "base"  # base starts with a parameterless clamp
         with torch.device("meta"):  # no init work: every tensor comes from the file
             net = TinyDecoder(channels, patch, variant)
-        net.load_state_dict(decoder_state(state, net, model, path), assign=True)
+        check_shapes(shapes, net, model, path)
+        net.load_state_dict(fitted(read(), net, path), assign=True)
         meta = {"source": str(path), "variant": variant}
     net = net.to(dev, dt)
     return TinyVideoDecoder(model, net, get_latent_space(space_name), random_weights=weights == "random", metadata=meta)

@@ -184,6 +184,9 @@ def test_wrong_file_for_the_model_is_one_clear_line(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not fit --model taew2.1" in lines[0] and "--model taew2.2" in lines[0], r.stderr
+    save_file({"encoder.0.weight": torch.zeros(1)}, str(tmp_path / "encoder_only.safetensors"))
+    with pytest.raises(FlashdecodeError, match="holds no TAEHV decoder tensors"):
+        flashdecode.load_decoder("taew2.1", weights=tmp_path / "encoder_only.safetensors")
     with pytest.raises(FlashdecodeError, match="does not exist"):
         flashdecode.load_decoder("taew2.1", weights=tmp_path / "missing.safetensors")
     with pytest.raises(FlashdecodeError, match="needs --weights"):
