@@ -275,8 +275,9 @@ class FlashDecoder(nn.Module):
         # Queries sit at time position W; a cached frame of age a at W - a. For each possible current slot,
         # rotations of the whole buffer in slot order, so a step only indexes a table. Built once per grid,
         # in the compute dtype: rotating q and every key window in float32 would be two extra passes a layer.
-        self.q_rope = self.grid_rope(gh, gw, torch.tensor([c.window]), device, dtype)
-        ages = (torch.arange(slots)[:, None] - torch.arange(slots)[None, :]) % slots  # [current slot, slot]
+        self.q_rope = self.grid_rope(gh, gw, torch.full((1,), c.window, device=device), device, dtype)
+        slot = torch.arange(slots, device=device)  # all on the device: a CPU tensor copied there would sync
+        ages = (slot[:, None] - slot[None, :]) % slots  # [current slot, slot]
         self.k_rope = torch.stack([self.grid_rope(gh, gw, c.window - ages[s], device, dtype) for s in range(slots)])
         self.slot_index = torch.arange(slots * N, device=device).view(slots, N)  # buffer rows of each slot
         self.sub_rope = self.sub_frame_rope(device, dtype)
@@ -341,7 +342,7 @@ class FlashDecoder(nn.Module):
         gh, gw = h // c.patch, w // c.patch
         N = gh * gw
         x = self.tokens(z.transpose(1, 2).reshape(B * T, C, h, w)).reshape(B, T * N, c.dim)
-        rope = self.grid_rope(gh, gw, torch.arange(T), z.device)
+        rope = self.grid_rope(gh, gw, torch.arange(T, device=z.device), z.device)
         frame = torch.arange(T, device=z.device).repeat_interleave(N)
         lag = frame[:, None] - frame[None, :]
         mask = (lag >= 0) & (lag <= c.window)  # block-causal sliding window over latent frames
