@@ -192,19 +192,21 @@ class TinyVideoDecoder:
     def estimate_memory(self, batch: int, h: int, w: int) -> dict:
         """Rough peak bytes to decode a batch on an h x w latent grid: {part: bytes, ..., "total": bytes}.
 
-        The peak is the last stage at full resolution: 4 frames of 64 channels made from 2 upsampled ones, a
-        3x3 conv's input and output, and the conv library's reordered copies: ~12 frames x 64 channels, plus
-        the memory blocks' one-frame state and the pixel chunk (float32 render, clamp, uint8 copies: ~13 bytes
-        per pixel value), all x1.25 for allocator slack. Measured on the CPU (taew2.1, 512x320, float32):
-        608 MiB above the loaded weights; this says 705.
+        The peak is the last stage at full resolution: 4 frames of 64 channels made from 2 upsampled ones, a 3x3
+        conv's input and output, the conv library's reordered copies: ~12 frames x 64 channels (16 for the super
+        variant, whose bottlenecks and PixelShuffle stages hold more); plus one frame per memory block (3 per
+        stage, at 1x, 2x, 4x the latent grid) and the pixel chunk (float32 render, clamp, uint8 copies: ~13
+        bytes per pixel value), all x1.25 for allocator slack. Measured on the CPU at 512x320 in float32, above
+        the loaded weights: taew2.1 608 MiB (this says 705), taew2_2_super 215 MiB (this says 281).
         """
-        e = self.dtype.itemsize
+        e, super_ = self.dtype.itemsize, self.net.variant == "super"
         H, W = self.pixel_size(h, w)
         full = (H // self.net.patch) * (W // self.net.patch)  # pixels of the last stage (before unpatchify)
+        widths = (512, 256, 128) if super_ else (256, 128, 64)
         parts = {
             "weights": self.weight_bytes(),
-            "activations": batch * 12 * 64 * full * e,
-            "state": batch * 3 * (256 * h * w * 4 + 128 * h * w * 16 + 64 * full) * e // 4,
+            "activations": batch * (16 if super_ else 12) * 64 * full * e,
+            "state": batch * 3 * sum(c * 4 ** i * h * w for i, c in enumerate(widths)) * e,
             "pixels": batch * TIME_UP * 3 * H * W * 13,
         }
         parts["total"] = int(1.25 * sum(parts.values()))
