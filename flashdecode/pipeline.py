@@ -155,14 +155,15 @@ def output_names(output: str, items: list[int]) -> list[str]:
 def decode_file(input, output=None, *, model=None, weights=None, latent_space="auto", layout=None, key=None,
                 raw=None, device=None, dtype=None, compile=None, batch_index=None, fps=None, crf=None,
                 codec=None, preset=None, stdout_format=None, quiet=True, progress=None, json_path=None,
-                overwrite=False, decoder=None) -> dict:
+                overwrite=False, decoder=None, scale=None) -> dict:
     """Decode the latents in `input` (.safetensors, .npy, ComfyUI .latent, torch.save .pt/.pth, or '-' for NPY
     arrays on stdin) to `output`. `raw`: True for raw VAE latents, False for normalized ones, None (default):
     what the file says (a ComfyUI .latent holds raw ones), else normalized.
 
-    output: .mp4/.mkv/.mov/.webm, .y4m, a folder or %05d.png pattern, or '-' (stdout; `stdout_format` y4m,
-    raw or mp4). Default: input's name with .mp4. A batch goes to OUTPUT_b0, OUTPUT_b1, ... unless
-    `batch_index` picks one item. `quiet=False` shows live progress on stderr; `progress(latent_frames,
+    output: .mp4/.mkv/.mov/.webm, .gif/.webp/.apng (animated previews), .y4m, a folder or %05d.png pattern,
+    or '-' (stdout; `stdout_format` y4m, raw or mp4). `scale` (e.g. 0.5) resizes the frames on the device,
+    before the uint8 conversion, to even sizes. Default: input's name with .mp4. A batch goes to OUTPUT_b0,
+    OUTPUT_b1, ... unless `batch_index` picks one item. `quiet=False` shows live progress on stderr; `progress(latent_frames,
     pixel_frames)` is called with the totals after each latent frame. `overwrite=True` clears the frames of
     an earlier run from a PNG folder (without it such a folder is refused). Returns the summary dict that
     `--json` writes (status, frames, outputs, fps, ...), also written to `json_path` if given.
@@ -181,6 +182,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     from .progress import DecodeProgress
     from .signals import stop_status
     from .convert import HostCopies, convert, frame_shape
+    from .scale import check_scale, resize, scaled_size
     from .outputs import check_distinct, check_names
     from .video_io import VideoWriter, is_disk_error, is_png_frame_of, output_kind, written_paths
 
@@ -193,6 +195,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     check_names([("input", input), ("output", output), ("--json", json_path),
                  ("--weights", weights if weights != "random" else None)])
     output_kind(output)  # an unknown extension or a bad pattern fails before anything is read
+    scale = check_scale(scale)
     if stdout_format is not None and output != "-":
         raise FlashdecodeError(f"--format applies to stdout (-o -) only; the output {output!r} is chosen by its name")
     json_path = Path(json_path) if json_path is not None else None
@@ -243,8 +246,9 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
             raise FlashdecodeError(f"{shown(latents.name)} holds {space} latents but the decoder is for "
                                    f"{decoder.latent_space.name}; decode files of one latent space together")
         check_memory(decoder, len(items), h, w)
+        H, W = scaled_size(*decoder.pixel_size(h, w), scale)  # what the writers get
         for writer in writers:
-            writer.check_frame_size(*decoder.pixel_size(h, w))
+            writer.check_frame_size(H, W)
         stack.pop_all()
 
     chunks = latents.chunks
@@ -256,6 +260,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     status, failure = "stopped", None
     try:
         for pixels in decoder.stream(chunks, raw=raw, native=True):  # the model's own output, converted once
+            if scale is not None:
+                pixels = resize(pixels, (H, W))
             nb, _, k, H, W = pixels.shape
             host, ready, done = copies.to_host(convert(pixels, fmt), readers=len(writers))  # uint8 [B,k,...]
             for writer, item in zip(writers, host):
@@ -291,7 +297,6 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
         failure = FlashdecodeError(f"cannot encode {where}: {failure}; {written} frames were written")
     stats = display.finish("decoded" if status == "ok" else f"{status} after",
                            f" -> {where}" if status == "ok" else f"; {where} holds {written} frames")
-    H, W = decoder.pixel_size(h, w)
     summary = {"status": status, "input": latents.name, "outputs": outputs, "frames": written,
                "width": W, "height": H, "fps": fps, "batch": len(items), "model": decoder.name,
                "latent_space": space, "raw": raw, "dtype": decoder.precision,

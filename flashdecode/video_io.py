@@ -1,4 +1,5 @@
-"""Writing decoded frames: MP4/MKV/WebM (PyAV), PNG sequences, .y4m, or stdout (y4m, raw rgb24, fragmented MP4).
+"""Writing decoded frames: MP4/MKV/WebM (PyAV), animated GIF/WebP/APNG previews (imageio), PNG sequences, .y4m,
+or stdout (y4m, raw rgb24, fragmented MP4).
 
 Frames arrive as uint8 chunks: rgb24 [k,H,W,3], or for the video encoders I420 [k,H*3/2,W] already
 converted on the device (convert.py; `VideoWriter.input_format` says which a writer wants). A `VideoWriter`
@@ -29,6 +30,9 @@ from .errors import FlashdecodeError
 from .outputs import OutputLock
 
 CONTAINERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
+# Animated previews, encoder by extension. libwebp (not libwebp_anim, which holds the whole animation until
+# close) writes each frame as it comes; GIF gets its own 256-colour palette per frame.
+PREVIEWS = {".gif": "gif", ".webp": "libwebp", ".apng": "apng"}
 DEFAULT_CRF = {"libx264": 18, "libx265": 22, "libvpx-vp9": 30, "libaom-av1": 30, "libsvtav1": 30}
 STDOUT_FORMATS = ("y4m", "raw", "mp4")
 PRESETS = {"libx264": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -63,7 +67,8 @@ def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
 
 
 def output_kind(output: str) -> str:
-    """'stdout', 'container', 'y4m', 'png' (a folder or a %d .png pattern); unknown extensions are an error."""
+    """'stdout', 'container', 'preview' (.gif/.webp/.apng), 'y4m', 'png' (a folder or a %d .png pattern);
+    unknown extensions are an error."""
     if output == "-":
         return "stdout"
     path = Path(output)
@@ -79,6 +84,8 @@ def output_kind(output: str) -> str:
         return "png"
     if suffix in CONTAINERS:
         return "container"
+    if suffix in PREVIEWS:
+        return "preview"
     if suffix == ".y4m":
         return "y4m"
     if suffix == ".png":
@@ -87,7 +94,8 @@ def output_kind(output: str) -> str:
     if not suffix or path.is_dir():
         return "png"
     raise FlashdecodeError(f"unknown output extension {suffix!r} for {output}; use .mp4, .mkv, .mov, .webm, .y4m, "
-                           "a folder or a %05d.png pattern (PNG sequence), or '-' for stdout")
+                           ".gif, .webp, .apng (previews), a folder or a %05d.png pattern (PNG sequence), or '-' "
+                           "for stdout")
 
 
 def png_target(output: str) -> tuple[Path, str]:
@@ -343,6 +351,50 @@ class _AVSink:
             container.close()
 
 
+class _PreviewSink:
+    """An animated GIF, WebP or APNG, looping forever, through imageio's pyav plugin.
+
+    Each frame is encoded and written out as it arrives, so memory stays flat in the clip's length
+    (imageio's pillow plugin would keep every frame until close). GIF frames go through ffmpeg's
+    palettegen/paletteuse, a palette per frame: smooth gradients instead of a fixed 3-3-2 palette's banding.
+    """
+
+    input_format = "rgb24"
+    LOOP_FOREVER = {"gif": {"loop": "0"}, "webp": {"loop": "0"}, "apng": {"plays": "0"}}
+
+    def __init__(self, path: Path, fps: float):
+        self.path, self.fps, self.file = path, fps, None
+        self.codec = PREVIEWS[path.suffix.lower()]
+
+    def _open(self, height: int, width: int) -> None:
+        import imageio.v3 as iio
+
+        muxer = {"gif": "gif", "libwebp": "webp", "apng": "apng"}[self.codec]
+        self.file = iio.imopen(self.path, "w", plugin="pyav", extension=self.path.suffix.lower(), container=muxer,
+                               container_options=self.LOOP_FOREVER[muxer])
+        self.file.init_video_stream(self.codec, fps=self.fps, pixel_format="yuv420p" if self.codec == "libwebp" else "rgb24")
+        if self.codec == "gif":
+            stream = self.file._video_stream  # the filter's input is sized from the stream: size it first
+            stream.width, stream.height = width, height
+            self.file.set_video_filter(filter_graph=(
+                {"split": ("split", ""), "palette": ("palettegen", "stats_mode=single"),
+                 "use": ("paletteuse", "new=1")},
+                [("video_in", "split", 0, 0), ("split", "palette", 0, 0), ("split", "use", 1, 0),
+                 ("palette", "use", 0, 1), ("use", "video_out", 0, 0)]))
+            stream.pix_fmt = "pal8"  # what paletteuse makes and the GIF encoder takes
+
+    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
+        if self.file is None:
+            self._open(*frames.shape[1:3])
+        for f in frames:
+            self.file.write_frame(f)
+
+    def close(self) -> None:
+        file, self.file = self.file, None
+        if file is not None:
+            file.close()  # flushes the filter and the encoder, writes the trailer
+
+
 class _RawSink:
     """rgb24 bytes, frame after frame, no header (ffmpeg: -f rawvideo -pix_fmt rgb24 -s WxH)."""
 
@@ -382,8 +434,9 @@ def is_disk_error(e: BaseException | None) -> bool:
 class VideoWriter:
     """Write uint8 chunks to `output` on a background thread fed through a bounded queue.
 
-    output: '-' (stdout, `stdout_format` y4m|raw|mp4), *.mp4/.mkv/.mov/.webm, *.y4m, a folder or a
-    %05d.png pattern. The output is checked (and created) here, before any decoding; `close()` flushes.
+    output: '-' (stdout, `stdout_format` y4m|raw|mp4), *.mp4/.mkv/.mov/.webm, *.gif/.webp/.apng (animated
+    previews), *.y4m, a folder or a %05d.png pattern. The output is checked (and created) here, before any
+    decoding; `close()` flushes.
     A PNG folder that already holds frames of the pattern is refused unless `overwrite` (then they are
     deleted once this run's first frames are on disk), so two runs never mix. The output is locked
     (flashdecode.outputs.OutputLock) until close: a second writer on it is refused. `preset`: the x264/x265 speed preset (default veryfast).
@@ -457,6 +510,14 @@ class VideoWriter:
             self._stale = png_frames(folder, pattern)
             image2 = str(folder).replace("%", "%%") + os.sep + pattern  # a % in the folder's name is literal
             return _AVSink(image2, "image2", "png", fps, None, {"start_number": "0"})
+        if self.kind == "preview":
+            given = [name for name, v in (("--codec", codec), ("--crf", crf), ("--preset", preset)) if v is not None]
+            if given:
+                raise FlashdecodeError(f"{' and '.join(given)} apply to video files, not the {path.suffix} preview "
+                                       f"{path}; a preview takes --scale and --fps")
+            self._lock = OutputLock(path)
+            self._touch(path)
+            return _PreviewSink(path, fps)
         if self.kind == "y4m":
             self._lock = OutputLock(path)
             self._touch(path)

@@ -456,3 +456,142 @@ def test_conversions_take_any_strides():
     px = smooth_video(k=4, h=8, w=12).expand(2, -1, -1, -1, -1).permute(0, 2, 1, 3, 4).contiguous().permute(0, 2, 1, 3, 4)
     assert not px.is_contiguous()
     assert torch.equal(to_i420(px), to_i420(px.contiguous())) and torch.equal(to_rgb24(px), to_rgb24(px.contiguous()))
+
+
+# -- animated previews: GIF, WebP, APNG ---------------------------------------------------------------------
+
+def read_preview(path):
+    """Every frame as imageio (its pillow plugin, frame by frame) and Pillow see them: (frames [n,H,W,3], Pillow's count)."""
+    import imageio.v3 as iio
+    from PIL import Image
+
+    decoded = np.stack([f[..., :3] for f in iio.imiter(path, plugin="pillow")])
+    with Image.open(path) as im:
+        assert im.info.get("loop") == 0  # loops forever, like a GIF in a chat
+        return decoded, im.n_frames
+
+
+@pytest.mark.parametrize("name", ["p.gif", "p.webp", "p.apng"])
+def test_previews_read_back(tmp_path, name):
+    out = tmp_path / name
+    flat = np.full((3, 32, 48, 3), (200, 40, 90), np.uint8)
+    with VideoWriter(str(out), fps=8) as w:
+        w.write(flat)
+        w.write(frames(4, seed=1))
+    assert output_kind(str(out)) == "preview" and w.frames_written == 7
+    decoded, n = read_preview(out)
+    assert n == 7 and decoded.shape == (7, 32, 48, 3)
+    if name == "p.apng":  # lossless
+        assert np.array_equal(decoded[3:], frames(4, seed=1))
+    tol = {"p.gif": 2, "p.webp": 12, "p.apng": 0}[name]  # a flat colour: in GIF's palette, near it in lossy WebP
+    assert np.abs(decoded[:3].astype(int) - flat).max() <= tol
+
+
+def test_preview_options(tmp_path):
+    for option in ({"crf": 20}, {"codec": "libx264"}, {"preset": "fast"}):
+        with pytest.raises(FlashdecodeError, match="apply to video files, not the .gif preview .* --scale and --fps"):
+            VideoWriter(str(tmp_path / "p.gif"), **option)
+    assert list(tmp_path.iterdir()) == []
+
+
+PREVIEW_WRITER = """
+import resource, sys, numpy as np
+from flashdecode.video_io import VideoWriter
+w = VideoWriter(sys.argv[1], fps=16)
+for i in range(int(sys.argv[2]) // 4):
+    w.write(np.random.default_rng(i).integers(0, 8, (4, 64, 64, 3), dtype=np.uint8) * 32)  # few colours: fast GIFs
+w.close()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, w.frames_written)
+"""
+
+
+@pytest.mark.parametrize("name", [pytest.param("p.gif", marks=pytest.mark.slow), "p.webp", "p.apng"])
+def test_preview_memory_is_flat_in_length(tmp_path, name):
+    """Frames are encoded and written as they arrive: 400 frames peak where 40 do (imageio's pillow plugin would
+    hold them all: 4.8 MiB more here)."""
+    peaks = []
+    for n in (40, 400):
+        r = subprocess.run([sys.executable, "-c", PREVIEW_WRITER, str(tmp_path / f"{n}{name}"), str(n)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        peak, written = map(int, r.stdout.split())
+        assert written == n
+        peaks.append(peak)
+    assert peaks[1] < peaks[0] + 1536, peaks  # KiB
+    from PIL import Image
+    with Image.open(tmp_path / f"400{name}") as im:
+        assert im.n_frames == 400
+
+
+CROP = Path(__file__).parent / "data" / "wan21_crop_3lat_8x8.safetensors"  # real Wan2.1 latents, 8x8 grid: 64x64
+
+
+@pytest.mark.parametrize("name, size", [("p.gif", (32, 32)), ("p.webp", (16, 16)), ("p.apng", (96, 96)),
+                                        ("v.mp4", (32, 32))])
+def test_decode_file_scale_and_fps(tmp_path, name, size):
+    """--scale resizes on the device before the uint8 conversion, for previews and videos alike; --fps is kept."""
+    import flashdecode
+
+    scale = size[0] / 64
+    out = tmp_path / name
+    summary = flashdecode.decode_file(CROP, out, model="tiny", weights="random", scale=scale, fps=10)
+    assert (summary["frames"], summary["height"], summary["width"], summary["fps"]) == (9, *size, 10.0)
+    if name == "v.mp4":
+        with av.open(str(out)) as c:
+            assert c.streams.video[0].average_rate == 10
+        assert read_back(str(out)).shape == (9, *size, 3)
+        return
+    decoded, n = read_preview(out)
+    assert n == 9 and decoded.shape == (9, *size, 3)
+    from PIL import Image
+    with Image.open(out) as im:  # 100 ms a frame
+        im.seek(1)
+        im.load()
+        assert im.info.get("duration") == 100
+
+
+def test_scale_resizes_like_interpolate():
+    from flashdecode.scale import check_scale, resize, scaled_size
+
+    assert scaled_size(480, 832, 0.5) == (240, 416) and scaled_size(64, 64, 0.3) == (20, 20)
+    assert scaled_size(10, 10, 0.01) == (2, 2) and scaled_size(7, 9, None) == (7, 9)
+    px = torch.rand(2, 3, 4, 16, 24) * 2 - 1
+    small = resize(px, (8, 12))
+    assert small.shape == (2, 3, 4, 8, 12)
+    for b, t in ((0, 0), (1, 2)):  # each frame of each item resized on its own, channels kept apart
+        one = torch.nn.functional.interpolate(px[b, :, t][None], (8, 12), mode="bilinear", antialias=True)
+        assert torch.allclose(small[b, :, t], one[0], atol=1e-6)
+    assert torch.allclose(resize(torch.full((1, 3, 2, 16, 24), 0.25), (6, 10)), torch.tensor(0.25))
+    assert check_scale(1) is None and check_scale(0.5) == 0.5
+    for bad in (0, -1, float("nan"), 5, "0.5", True):
+        with pytest.raises(FlashdecodeError, match="is not a usable factor"):
+            check_scale(bad)
+
+
+PEAK_DECODE = """
+import resource, runpy, sys
+sys.argv = ["flashdecode", "decode", *sys.argv[1:]]
+try:
+    runpy.run_module("flashdecode", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["p.gif", "p.webp"])
+def test_preview_decode_peak_rss_flat_200_vs_20_latent_frames(tmp_path, name):
+    """The whole CLI run (tiny model, random weights, 8x8 grid, --scale 0.5): 797 frames peak within 1.2x of 77.
+    About 80 s on a loaded 2-core machine, hence slow."""
+    peaks = {}
+    for T in (20, 200):
+        z = tmp_path / f"z{T}.npy"
+        np.save(z, np.random.default_rng(0).standard_normal((1, 16, T, 8, 8)).astype(np.float32))
+        out = tmp_path / f"{T}{name}"
+        r = subprocess.run([sys.executable, "-c", PEAK_DECODE, str(z), "-o", str(out), "--model", "tiny",
+                            "--weights", "random", "--scale", "0.5", "-q"], capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        peaks[T] = int(r.stdout.split()[-1])
+        assert read_preview(out)[0].shape == (1 + 4 * (T - 1), 32, 32, 3)
+    assert peaks[200] <= 1.2 * peaks[20], peaks

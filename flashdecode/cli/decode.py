@@ -24,9 +24,9 @@ def decode(
                                                 "file). Several files, a folder or a glob: one video each into the "
                                                 "folder -o DIR/ (under torchrun, shared out across the ranks, one "
                                                 "GPU each)."),
-    output: str = typer.Option(None, "-o", "--output", help="Video: .mp4/.mkv/.mov/.webm, .y4m, a folder or "
-                               "%05d.png pattern (PNG sequence), or '-' for stdout. Default: INPUT's name .mp4 "
-                               "(stdout for stdin)."),
+    output: str = typer.Option(None, "-o", "--output", help="Video: .mp4/.mkv/.mov/.webm, .gif/.webp/.apng "
+                               "(animated previews), .y4m, a folder or %05d.png pattern (PNG sequence), or '-' for "
+                               "stdout. Default: INPUT's name .mp4 (stdout for stdin)."),
     model: str = typer.Option(None, "--model", help="Variant: tiny, xs, s, b, l, xl; or wan2.1-vae, wan2.2-vae (the "
                               "stock Wan VAE decoder, streamed); or taew2.1, taew2.2 (tiny TAEHV decoders). Default: "
                               "the checkpoint's, else s."),
@@ -51,6 +51,8 @@ def decode(
     batch_index: int = typer.Option(None, "--batch-index", help="Decode only this item of a batch (default: every "
                                     "item, to OUTPUT_b0, OUTPUT_b1, ...)."),
     fps: float = typer.Option(None, "--fps", help="Frames per second (default: the file's 'fps' metadata, else 16)."),
+    scale: float = typer.Option(None, "--scale", help="Resize the frames by this factor (e.g. 0.5 for a preview), "
+                                "to even sizes, on the device before they are written (default: 1)."),
     crf: int = typer.Option(None, "--crf", help="Quality for x264/x265/VP9/AV1 (lower is better; default 18 x264, 30 VP9)."),
     codec: str = typer.Option(None, "--codec", help="Encoder (default libx264; libvpx-vp9 for .webm)."),
     preset: str = typer.Option(None, "--preset", help="Encoder speed preset (x264/x265: ultrafast ... veryslow; "
@@ -82,7 +84,7 @@ def decode(
             run(input if many else input[0], output, model=model, weights=weights, latent_space=latent_space,
                 layout=layout, key=key, raw=raw, device=device, dtype=dtype, compile=compile, batch_index=batch_index,
                 fps=fps, crf=crf, codec=codec, preset=preset, stdout_format=stdout_format, quiet=quiet,
-                json_path=json_path, overwrite=overwrite)
+                json_path=json_path, overwrite=overwrite, scale=scale)
     except Interrupted as e:
         print(e.status, file=sys.stderr, flush=True)
         raise typer.Exit(e.exit_code) from None
