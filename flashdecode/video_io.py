@@ -395,6 +395,45 @@ class _PreviewSink:
             file.close()  # flushes the filter and the encoder, writes the trailer
 
 
+class _PngSink:
+    """A PNG sequence: each frame is encoded, written under a hidden temporary name in the folder, then renamed
+    into place, so a frame file that exists is whole whatever stops the run (a full disk, kill -9).
+
+    `frames` counts the files in place: after a failed write it is what the folder holds.
+    """
+
+    input_format = "rgb24"
+
+    def __init__(self, folder: Path, pattern: str):
+        self.folder, self.pattern, self.frames, self.encoder = folder, pattern, 0, None
+
+    def _encode(self, frame: np.ndarray) -> bytes:
+        import av
+        from fractions import Fraction
+
+        if self.encoder is None:
+            self.encoder = av.CodecContext.create("png", "w")
+            self.encoder.width, self.encoder.height = frame.shape[1], frame.shape[0]
+            self.encoder.pix_fmt, self.encoder.time_base = "rgb24", Fraction(1, 1)
+        return b"".join(bytes(p) for p in self.encoder.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+
+    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
+        for frame in frames:
+            path = self.folder / (self.pattern % self.frames)
+            part = path.with_name(f".{path.name}.part")
+            try:
+                with open(part, "wb") as f:
+                    f.write(self._encode(frame))
+                os.replace(part, path)
+            except BaseException:
+                part.unlink(missing_ok=True)
+                raise
+            self.frames += 1
+
+    def close(self) -> None:
+        pass
+
+
 class _RawSink:
     """rgb24 bytes, frame after frame, no header (ffmpeg: -f rawvideo -pix_fmt rgb24 -s WxH)."""
 
@@ -508,8 +547,7 @@ class VideoWriter:
             # --overwrite: the old run's frames go once this run's first frames are on disk (_drop_stale), so a
             # run that fails before then leaves them as they were
             self._stale = png_frames(folder, pattern)
-            image2 = str(folder).replace("%", "%%") + os.sep + pattern  # a % in the folder's name is literal
-            return _AVSink(image2, "image2", "png", fps, None, {"start_number": "0"})
+            return _PngSink(folder, pattern)
         if self.kind == "preview":
             given = [name for name, v in (("--codec", codec), ("--crf", crf), ("--preset", preset)) if v is not None]
             if given:
@@ -622,9 +660,8 @@ class VideoWriter:
             self._error = IncompleteOutput(errno.EIO, "its last frames did not reach the disk")
         if is_disk_error(self._error) and self.kind in ("container", "y4m"):
             self._salvage(Path(self.output))
-        if is_disk_error(self._error) and self.kind == "png":  # the frame being written is cut short: drop it
-            folder, pattern = self._png
-            (folder / (pattern % self.frames_written)).unlink(missing_ok=True)
+        if self.kind == "png":  # the frames renamed into place, even if a failure cut a chunk short
+            self.frames_written = self.sink.frames
         self._release_lock()  # before removing what was created: the sidecar sits in a folder that may go
         if self.frames_written == 0:
             self._remove_created()

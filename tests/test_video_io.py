@@ -595,3 +595,19 @@ def test_preview_decode_peak_rss_flat_200_vs_20_latent_frames(tmp_path, name):
         peaks[T] = int(r.stdout.split()[-1])
         assert read_preview(out)[0].shape == (1 + 4 * (T - 1), 32, 32, 3)
     assert peaks[200] <= 1.2 * peaks[20], peaks
+
+
+def test_full_disk_mid_chunk_keeps_every_whole_png_and_says_so(tmp_path):
+    """The disk fills on the 7th frame, inside a chunk of 4: frames 0-5 stay whole, the 7th leaves nothing (not
+    even its temporary), and frames_written says 6."""
+    script = FSIZE_WRITER.replace("np.random.default_rng(i).integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)",
+                                  "np.concatenate([np.full((4 if i == 0 else 2, 64, 64, 3), 9, np.uint8), "  # fit
+                                  "np.random.default_rng(i).integers(0, 256, (0 if i == 0 else 2, 64, 64, 3), "
+                                  "dtype=np.uint8)])")  # noise: too big
+    out = tmp_path / "seq"
+    r = subprocess.run([sys.executable, "-c", script, str(out), "9000"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["27", "6"]
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(6)]  # no .part left behind
+    for p in sorted(out.iterdir()):
+        assert np.array_equal(read_back(str(p))[0], np.full((64, 64, 3), 9, np.uint8))
