@@ -21,6 +21,7 @@ import re
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,8 @@ PRESETS = {"libx264": ("ultrafast", "superfast", "veryfast", "faster", "fast", "
 DEFAULT_PRESET = "veryfast"  # keeps pace with XL on an H200 (x264 376 fps at 720p on 16 cores; medium: 130)
 # Playable at every keyframe, from a pipe too; negative_cts_offsets: the first frame at t = 0 despite B-frames
 FRAGMENTED_MP4 = "frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets"
-KEYFRAME_SECONDS = 1.0  # one fragment (MP4) or cluster (MKV) a second: what kill -9 can lose
+KEYFRAME_SECONDS = 1.0  # one fragment (MP4) or cluster (MKV) a second of video
+FLUSH_SECONDS = 1.0  # MP4/MOV: a frame decoded this long ago is put on disk, even if the input has stalled
 DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 PNG_PATTERN = re.compile(r"%0?(\d*)d")
 QUEUE_CHUNKS = 4  # chunks in flight between decoder and encoder; each chunk is at most 4 frames
@@ -253,6 +255,140 @@ def count_video_frames(path) -> int:
         return 0
 
 
+class _Fragments:
+    """The file object PyAV's MP4/MOV muxer writes through: the bytes go straight on to the file (or stdout),
+    and the top-level boxes are followed as they pass, so it is known how many bytes and frames are whole on
+    disk (the init boxes, then each complete moof+mdat fragment).
+
+    An encoder holds frames (x264's look-ahead and frame threads) and the muxer holds the fragment it is
+    filling until the next keyframe, so to put every frame on disk now, the writer ends the *segment*: it
+    drains the encoder and closes the muxer. The next frames start a new one, whose init boxes (ftyp, moov:
+    the same bytes) are dropped, whose fragments carry their own decode times (movflags frag_discont) and
+    continue the sequence numbers, and which takes the place of the previous segment's closing mfra. The file
+    is then one fragmented MP4, playable at every moment up to its last whole fragment.
+    """
+
+    def __init__(self, target):
+        self.target = target  # a path (opened with the first bytes) or an open binary stdout
+        self.raw = None if isinstance(target, (str, Path)) else target
+        self.start = 0  # where our bytes begin in the file (a stdout redirected with >> starts at its end)
+        self.pos = 0  # bytes of ours in the file
+        self.whole_bytes = self.whole_frames = 0
+        self.sequence = 0  # fragments so far (mfhd sequence numbers, 1, 2, ... across segments)
+        self.continuing = False  # a segment after the first: its ftyp and moov are dropped
+        self.mfra_at: int | None = None  # where the closing mfra of the last segment begins
+        self.error: BaseException | None = None
+        self._header = bytearray()  # the box being collected: a header, or a whole moof
+        self._box: tuple[bytes, int, int] | None = None  # (kind, bytes left, start) of the box passing through
+        self._samples = 0  # frames of the last moof, whole once its mdat is
+
+    def new_segment(self) -> None:
+        self.continuing = True
+        if self.mfra_at is not None and self.raw is not None and self.raw.seekable():
+            self.raw.truncate(self.start + self.mfra_at)  # the file's end moves past it: the mfra goes
+            self.raw.seek(self.start + self.mfra_at)
+            self.pos, self.mfra_at = self.mfra_at, None
+
+    def write(self, data) -> int:
+        try:
+            self._follow(memoryview(data).cast("B"))
+        except BaseException as e:  # PyAV reports a failed write as its own error: keep the real one
+            self.error = self.error or e
+            raise
+        return len(data)
+
+    def _follow(self, data: memoryview) -> None:
+        while data:
+            if self._box is None:  # collecting a header (8 bytes, 16 with a 64-bit size) or a whole moof
+                need = 8 if len(self._header) < 8 else self._header_size()
+                take = min(need - len(self._header), len(data))
+                self._header += data[:take]
+                data = data[take:]
+                if len(self._header) >= 8 and len(self._header) == self._header_size():
+                    self._start_box()
+                continue
+            kind, left, start = self._box
+            take = min(left, len(data))
+            if not (self.continuing and kind in (b"ftyp", b"moov")):
+                self._out(data[:take])
+            data, left = data[take:], left - take
+            self._box = (kind, left, start)
+            if left == 0:
+                self._end_box(kind, start)
+
+    def _header_size(self) -> int:
+        size, kind = struct.unpack(">I4s", self._header[:8])
+        if size == 1:
+            return 16 if len(self._header) < 16 else struct.unpack(">Q", self._header[8:16])[0]
+        return size if kind == b"moof" else 8  # a moof is read whole: its sample count and sequence number
+
+    def _start_box(self) -> None:
+        size, kind = struct.unpack(">I4s", self._header[:8])
+        if size == 1:
+            size = struct.unpack(">Q", self._header[8:16])[0]
+        header, self._header = bytes(self._header), bytearray()
+        start = self.pos
+        if kind == b"moof":
+            header = self._renumber(bytearray(header))
+        if not (self.continuing and kind in (b"ftyp", b"moov")):
+            self._out(memoryview(header))
+        self._box = (kind, size - len(header), start)
+        if size == len(header):
+            self._end_box(kind, start)
+
+    def _renumber(self, moof: bytearray) -> bytes:
+        """Set the fragment's sequence number (mfhd) to follow the file's, and note its frame count (trun)."""
+        self.sequence += 1
+        self._samples = 0
+        for kind, body in _children(moof, 8, len(moof)):
+            if kind == b"mfhd":
+                struct.pack_into(">I", moof, body + 4, self.sequence)
+            if kind == b"traf":
+                end = body - 8 + struct.unpack_from(">I", moof, body - 8)[0]
+                self._samples += sum(struct.unpack_from(">I", moof, b + 4)[0]
+                                     for k, b in _children(moof, body, end) if k == b"trun")
+        return bytes(moof)
+
+    def _end_box(self, kind: bytes, start: int) -> None:
+        self._box = None
+        if kind == b"mdat":
+            self.whole_frames += self._samples
+            self._samples = 0
+        if kind == b"mfra":
+            self.mfra_at = start
+        elif kind != b"moof":  # a moof counts only with its mdat
+            self.whole_bytes = self.pos
+
+    def _out(self, data: memoryview) -> None:
+        if self.raw is None:
+            self.raw = open(self.target, "wb", buffering=0)
+        elif self.pos == 0 and self.raw.seekable():
+            self.start = self.raw.tell()
+        while data:
+            n = self.raw.write(data)
+            data = data[n:]
+            self.pos += n
+
+    def cut_to_whole(self) -> None:
+        """After a failed write: take back the bytes past the last whole fragment, where the file allows it."""
+        if self.raw is not None and self.raw.seekable():
+            self.raw.truncate(self.start + self.whole_bytes)
+
+    def close(self) -> None:
+        if self.raw is not None and self.raw is not self.target:
+            self.raw.close()
+
+
+def _children(buf, pos: int, end: int):
+    """(kind, payload offset) of the boxes in buf[pos:end]."""
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", buf, pos)
+        if size < 8:
+            return
+        yield kind, pos + 8
+        pos += size
+
+
 class _AVSink:
     """One PyAV container and video stream, created on the first frames (their size sets the stream's).
 
@@ -261,10 +397,14 @@ class _AVSink:
     """
 
     def __init__(self, target, fmt: str | None, codec: str, fps: float, crf: int | None,
-                 container_options: dict | None = None, preset: str | None = None):
+                 container_options: dict | None = None, preset: str | None = None, fragments: bool = False):
         import av
 
         self.target, self.fmt, self.codec, self.fps = target, fmt, codec, fps
+        # Fragmented MP4/MOV: written through a _Fragments, in segments that flush() can end at any moment
+        self.fragments = _Fragments(target) if fragments else None
+        self.sent = 0  # frames handed to the encoder
+        self.sent_at: list[tuple[int, float]] = []  # (first frame, when it was decoded) of each chunk not yet whole
         self.crf = crf if crf is not None else DEFAULT_CRF.get(codec)
         self.preset = preset or (DEFAULT_PRESET if codec in PRESETS else None)
         self.container_options = container_options or {}
@@ -283,7 +423,7 @@ class _AVSink:
                 options["b"] = "0"  # constant quality: VP9 needs a zero bitrate for CRF to rule
         if self.preset is not None:
             options["preset"] = self.preset
-        return options
+        return {**options, **self.low_latency()}
 
     def probe(self, height: int, width: int) -> None:
         """Open the encoder alone at this frame size (ms), so a size it refuses (x264: 16384 px wide at most)
@@ -312,9 +452,14 @@ class _AVSink:
         from fractions import Fraction
 
         options = self._codec_options()
-        self.container = av.open(self.target, "w", format=self.fmt, container_options=self.container_options)
-        self.stream = self.container.add_stream(self.codec, rate=Fraction(self.fps).limit_denominator(1001),
-                                                options=options)
+        container_options = dict(self.container_options)
+        if self.fragments is not None and self.sent:  # a new segment: its fragments carry their own decode times
+            self.fragments.new_segment()
+            container_options["movflags"] += "+frag_discont"
+        target = self.fragments if self.fragments is not None else self.target
+        self.container = av.open(target, "w", format=self.fmt, container_options=container_options)
+        self.rate = Fraction(self.fps).limit_denominator(1001)
+        self.stream = self.container.add_stream(self.codec, rate=self.rate, options=options)
         self.stream.pix_fmt = self.pix_fmt
         self.stream.width, self.stream.height = width, height
         if self.input_format == "yuv420p":
@@ -324,7 +469,11 @@ class _AVSink:
             ctx.gop_size = max(1, round(self.fps * KEYFRAME_SECONDS))  # a fragment/cluster a second
             self.stream.thread_type = "AUTO"  # frame threading: x264 keeps pace with the GPU
 
-    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
+    def low_latency(self) -> dict:
+        """Encoder options that keep decoded frames from waiting in the encoder (libvpx holds 25 by default)."""
+        return {"lag-in-frames": "0"} if self.codec == "libvpx-vp9" else {}
+
+    def write(self, frames: np.ndarray, fmt: str = "rgb24", decoded_at: float | None = None) -> None:
         import av
 
         if fmt == "rgb24" and self.input_format == "yuv420p":
@@ -333,14 +482,37 @@ class _AVSink:
             frames, fmt = rgb24_to_i420(frames), "yuv420p"  # the same BT.709 mapping as on the device
         if self.container is None:
             self._open(*((frames.shape[1] * 2 // 3, frames.shape[2]) if fmt == "yuv420p" else frames.shape[1:3]))
+        if self.fragments is not None:
+            self.sent_at.append((self.sent, time.monotonic() if decoded_at is None else decoded_at))
         for f in frames:
             frame = av.VideoFrame.from_ndarray(f, format=fmt)
             if fmt == "yuv420p":
                 frame.colorspace, frame.color_range = 1, 1
-            for packet in self.stream.encode(frame):
-                self.container.mux(packet)
+            frame.pts, frame.time_base = self.sent, 1 / self.rate  # frame numbers, continuous across segments
+            self.sent += 1
+            try:
+                for packet in self.stream.encode(frame):
+                    self.container.mux(packet)
+            except Exception:
+                if self.fragments is not None and self.fragments.error is not None:
+                    raise self.fragments.error from None  # the failed write itself (ENOSPC, EFBIG)
+                raise
 
-    def close(self) -> None:
+    def flush_due(self) -> float | None:
+        """When the oldest frame not yet whole on disk was decoded (monotonic seconds), or None."""
+        if self.fragments is None or self.container is None:
+            return None
+        whole = self.fragments.whole_frames
+        while len(self.sent_at) > 1 and self.sent_at[1][0] <= whole:
+            self.sent_at.pop(0)
+        return self.sent_at[0][1] if self.sent_at and whole < self.sent else None
+
+    def flush(self) -> None:
+        """End the segment: every frame so far whole on disk; the next frames start a new segment."""
+        self._finish()
+        self.sent_at.clear()
+
+    def _finish(self) -> None:
         if self.container is None:
             return
         container, self.container = self.container, None  # closing twice is a no-op
@@ -349,6 +521,15 @@ class _AVSink:
                 container.mux(packet)
         finally:
             container.close()
+        if self.fragments is not None and self.fragments.error is not None:
+            raise self.fragments.error  # a write PyAV saw fail (a full disk): the real error, not PyAV's
+
+    def close(self) -> None:
+        try:
+            self._finish()
+        finally:
+            if self.fragments is not None:
+                self.fragments.close()
 
 
 class _PreviewSink:
@@ -383,7 +564,7 @@ class _PreviewSink:
                  ("palette", "use", 0, 1), ("use", "video_out", 0, 0)]))
             stream.pix_fmt = "pal8"  # what paletteuse makes and the GIF encoder takes
 
-    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
+    def write(self, frames: np.ndarray, fmt: str = "rgb24", decoded_at: float | None = None) -> None:
         if self.file is None:
             self._open(*frames.shape[1:3])
         for f in frames:
@@ -417,7 +598,7 @@ class _PngSink:
             self.encoder.pix_fmt, self.encoder.time_base = "rgb24", Fraction(1, 1)
         return b"".join(bytes(p) for p in self.encoder.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
 
-    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
+    def write(self, frames: np.ndarray, fmt: str = "rgb24", decoded_at: float | None = None) -> None:
         for frame in frames:
             path = self.folder / (self.pattern % self.frames)
             part = path.with_name(f".{path.name}.part")
@@ -442,7 +623,7 @@ class _RawSink:
     def __init__(self, fp):
         self.fp = fp
 
-    def write(self, frames: np.ndarray, fmt: str = "rgb24") -> None:
+    def write(self, frames: np.ndarray, fmt: str = "rgb24", decoded_at: float | None = None) -> None:
         self.fp.write(np.ascontiguousarray(frames).data)
 
     def close(self) -> None:
@@ -528,7 +709,8 @@ class VideoWriter:
                 return _RawSink(fp)
             if stdout_format == "y4m":
                 return _AVSink(fp, "yuv4mpegpipe", "rawvideo", fps, None)
-            return _AVSink(fp, "mp4", codec, fps, crf, {"movflags": FRAGMENTED_MP4}, preset)
+            return _AVSink(fp, "mp4", codec, fps, crf, {"movflags": FRAGMENTED_MP4, "flush_packets": "1"}, preset,
+                           fragments=True)
         path = Path(output)
         if self.kind == "png":
             folder, pattern = png_target(output)
@@ -559,16 +741,17 @@ class VideoWriter:
         if self.kind == "y4m":
             self._lock = OutputLock(path)
             self._touch(path)
-            return _AVSink(str(path), "yuv4mpegpipe", "rawvideo", fps, None)
+            return _AVSink(str(path), "yuv4mpegpipe", "rawvideo", fps, None, {"flush_packets": "1"})
         codec = codec or CONTAINERS[path.suffix.lower()]
         _check_codec(codec, preset, crf)
         self._lock = OutputLock(path)
         self._touch(path)
         # Playable at any moment: fragmented MP4, or a Matroska cluster a second; each written out at once.
-        options = {"movflags": FRAGMENTED_MP4} if path.suffix.lower() in (".mp4", ".mov") else \
-            {"cluster_time_limit": str(int(KEYFRAME_SECONDS * 1000))}
+        mp4 = path.suffix.lower() in (".mp4", ".mov")
+        options = {"movflags": FRAGMENTED_MP4} if mp4 else {"cluster_time_limit": str(int(KEYFRAME_SECONDS * 1000))}
         options["flush_packets"] = "1"
-        return _AVSink(str(path), None, codec, fps, crf, options, preset)
+        fmt = {".mp4": "mp4", ".mov": "mov"}.get(path.suffix.lower())
+        return _AVSink(str(path), fmt, codec, fps, crf, options, preset, fragments=mp4)
 
     def _touch(self, path: Path) -> None:
         """Try writing the file now: an unwritable output fails before any decoding, not after it.
@@ -603,12 +786,24 @@ class VideoWriter:
     # -- the writer thread -------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            frames, fmt, ready, done = item
+        while True:
+            due = self.sink.flush_due() if self._error is None and hasattr(self.sink, "flush_due") else None
+            wait = None if due is None else due + FLUSH_SECONDS - time.monotonic()
+            if wait is not None and wait <= 0:  # a frame decoded FLUSH_SECONDS ago is not on disk yet: put it there
+                self._flush()
+                continue
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:  # the input is idle (a stalled producer): what was decoded goes to disk now
+                self._flush()
+                continue
+            if item is None:
+                break
+            frames, fmt, ready, done, decoded_at = item
             try:
                 if self._error is None:  # else keep draining so the producer never blocks on a dead writer
                     ready()
-                    self.sink.write(frames, fmt)
+                    self.sink.write(frames, fmt, decoded_at)
                     self.frames_written += len(frames)
                     if self._stale:
                         self._drop_stale()
@@ -616,6 +811,12 @@ class VideoWriter:
                 self._error = e
             finally:
                 done()
+
+    def _flush(self) -> None:
+        try:
+            self.sink.flush()
+        except BaseException as e:
+            self._error = e
 
     def write(self, frames: np.ndarray, fmt: str = "rgb24", ready=None, done=None) -> None:
         """Queue uint8 frames, rgb24 [k,H,W,3] or yuv420p [k,H*3/2,W]; blocks while the queue is full.
@@ -631,7 +832,7 @@ class VideoWriter:
                              f"{frames.dtype} {list(frames.shape)}")
         if self.size is None:
             self.size = (frames.shape[1] * 2 // 3, frames.shape[2]) if fmt == "yuv420p" else frames.shape[1:3]
-        self._queue.put((frames, fmt, ready or _nothing, done or _nothing))
+        self._queue.put((frames, fmt, ready or _nothing, done or _nothing, time.monotonic()))
 
     def _raise_pending(self) -> None:
         if self._error is not None and not self._error_reported:
@@ -660,6 +861,10 @@ class VideoWriter:
             self._error = IncompleteOutput(errno.EIO, "its last frames did not reach the disk")
         if is_disk_error(self._error) and self.kind in ("container", "y4m"):
             self._salvage(Path(self.output))
+        fragments = getattr(self.sink, "fragments", None)
+        if is_disk_error(self._error) and self.kind == "stdout" and fragments is not None:
+            fragments.cut_to_whole()  # a file behind stdout (> out.mp4) is cut back; a pipe's reader has the rest
+            self.frames_written = min(self.frames_written, fragments.whole_frames)
         if self.kind == "png":  # the frames renamed into place, even if a failure cut a chunk short
             self.frames_written = self.sink.frames
         self._release_lock()  # before removing what was created: the sidecar sits in a folder that may go

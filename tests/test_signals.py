@@ -103,3 +103,29 @@ def test_twenty_random_signals(tmp_path):
             check_stop(tmp_path, sig, latent_frames)
         except AssertionError as e:
             raise AssertionError(f"run {i}: {signal.Signals(sig).name} after {latent_frames} latent frames: {e}") from e
+
+
+@pytest.mark.parametrize("name", ["v.mp4", pytest.param("v.mov", marks=pytest.mark.slow)])
+def test_sigkill_during_a_stall_keeps_every_frame_decoded_a_second_earlier(tmp_path, name):
+    """A live producer sends 6 latent frames and stalls. Frames wait in x264's look-ahead and in the muxer's open
+    fragment; after a second without input the writer ends the segment, so a kill 3 s into the stall finds all
+    21 frames on disk, in a file that plays."""
+    from test_cli_decode import producer
+
+    out = tmp_path / name
+    prod = producer(6, 12, tmp_path / "never")  # 6 latent frames, then nothing until the test ends
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLASHDECODE_PROGRESS_EVERY": "0"}
+    dec = subprocess.Popen([sys.executable, "-m", "flashdecode", "decode", "-", "-o", str(out), *TINY, "--fps",
+                            str(FPS)], stdin=prod.stdout, stderr=subprocess.PIPE, env=env)
+    prod.stdout.close()
+    try:
+        for line in dec.stderr:
+            if line.startswith(b"decode: 6 latent frames"):
+                break
+        threading.Event().wait(3)
+        dec.kill()
+        assert dec.wait(30) == -signal.SIGKILL
+    finally:
+        prod.kill()
+        dec.kill()
+    assert frames_in(out) == 1 + 4 * 5

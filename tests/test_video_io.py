@@ -88,7 +88,7 @@ def test_back_pressure(tmp_path):
     class StuckSink:
         written = 0
 
-        def write(self, f, fmt):
+        def write(self, f, fmt, decoded_at=None):
             release.wait(10)
             StuckSink.written += len(f)
 
@@ -115,7 +115,7 @@ def test_back_pressure(tmp_path):
 
 def test_writer_error_reaches_the_decoder_thread(tmp_path):
     class Broken:
-        def write(self, f, fmt):
+        def write(self, f, fmt, decoded_at=None):
             raise BrokenPipeError(32, "Broken pipe")
 
         def close(self):
@@ -430,7 +430,7 @@ def test_failed_final_flush_is_noticed(tmp_path, name):
     r = subprocess.run([sys.executable, "-c", script, str(out), "1200"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     err, written = map(int, r.stdout.split())
-    assert err == (5 if name == "v.mp4" else 27) and written == 0  # MP4: EIO (IncompleteOutput); MKV reports EFBIG
+    assert err == 27 and written == 0  # EFBIG: MP4's writes are followed (_Fragments), MKV's reported by PyAV
     assert not out.exists()
     if name == "v.mkv":
         return
@@ -611,3 +611,21 @@ def test_full_disk_mid_chunk_keeps_every_whole_png_and_says_so(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(6)]  # no .part left behind
     for p in sorted(out.iterdir()):
         assert np.array_equal(read_back(str(p))[0], np.full((64, 64, 3), 9, np.uint8))
+
+
+STDOUT_MP4_WRITER = FSIZE_WRITER.replace("VideoWriter(sys.argv[1], fps=16)", "VideoWriter('-', fps=16, stdout_format='mp4')") \
+    .replace("print(e.errno, w.frames_written)", "print(e.errno, w.frames_written, file=sys.stderr)")
+
+
+def test_fragmented_mp4_on_stdout_cut_by_a_size_limit_keeps_what_it_says(tmp_path):
+    """`decode ... -o - --format mp4 > v.mp4` under a file-size limit: the file behind stdout is cut back to its
+    last whole fragment, and the frames reported are exactly the frames a player finds."""
+    out = tmp_path / "v.mp4"
+    with open(out, "wb") as f:
+        r = subprocess.run([sys.executable, "-c", STDOUT_MP4_WRITER, "-", "150000"], stdout=f, stderr=subprocess.PIPE,
+                           text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    err, written = map(int, r.stderr.split()[-2:])
+    assert err == 27 and 0 < written < 240
+    assert count_video_frames(out) == written
+    assert complete_fragments_size(out) == out.stat().st_size  # nothing cut short is left
