@@ -7,8 +7,9 @@ hands them to its own thread through a bounded queue: the decoder never waits on
 encoder falls a few chunks behind, and then it does wait (back-pressure) instead of piling frames up.
 
 What is on disk is playable at any moment: MP4/MOV are written as fragmented MP4 with a keyframe about
-every second and each fragment flushed as it is made, MKV/WebM close a cluster about every second, so
-even kill -9 loses at most the last second. Closing always flushes the encoder. If the disk fills (or a
+every second and each fragment flushed as it is made, and a frame decoded a second ago is on disk even if
+the input has stalled (the writer then ends the segment: `_Fragments`); MKV/WebM close a cluster about every
+second; PNG frames are renamed into place whole. Closing always flushes the encoder. If the disk fills (or a
 file-size limit is hit), the file is cut back to its last complete fragment (or removed if none is left)
 and `frames_written` is what the file holds; an output that received no frame is removed.
 """
@@ -456,6 +457,8 @@ class _AVSink:
         if self.fragments is not None and self.sent:  # a new segment: its fragments carry their own decode times
             self.fragments.new_segment()
             container_options["movflags"] += "+frag_discont"
+        if self.fragments is not None and self.fragments.raw is not None and not self.fragments.raw.seekable():
+            container_options["movflags"] += "+skip_trailer"  # a pipe: a segment's mfra could not be taken back
         target = self.fragments if self.fragments is not None else self.target
         self.container = av.open(target, "w", format=self.fmt, container_options=container_options)
         self.rate = Fraction(self.fps).limit_denominator(1001)
