@@ -19,6 +19,7 @@ Only the decoder half is kept. `weights="random"` builds the real architecture w
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from functools import lru_cache
@@ -231,8 +232,9 @@ class WanVAEDecoder:
 
         weights + the causal feature cache (two input frames per conv, measured on a meta-device copy) + live
         activations (the widest tensor of a frame's pass x4: a conv's input, its cache-padded copy, its output
-        and the residual beside it) + the pixel chunk (float32, clamp and uint8 copies: ~13 bytes per value),
-        all x1.25 for allocator slack.
+        and the residual beside it) + the pixel chunk (float32, clamp and uint8 copies: ~13 bytes per value)
+        + on the CPU, the widest conv's im2col buffer (torch's CPU conv3d unfolds its input: 27x a 3x3x3 conv's
+        input, the largest single allocation there), all x1.25 for allocator slack.
         """
         p = profile(self.vae.config, self.dtype, h, w)
         H, W = self.pixel_size(h, w)
@@ -241,6 +243,7 @@ class WanVAEDecoder:
             "feature_cache": batch * p["cache_bytes"],
             "activations": batch * 4 * p["largest_bytes"],
             "pixels": batch * 4 * 3 * H * W * 13,
+            "conv_workspace": p["columns_bytes"] if self.device.type == "cpu" else 0,
         }
         parts["total"] = int(1.25 * sum(parts.values()))
         return parts
@@ -329,14 +332,23 @@ def _profile(config_json: str, dtype: torch.dtype, h: int, w: int) -> tuple:
     dec = WanVAEDecoder("meta", vae, get_latent_space(Z_DIM_TO_SPACE.get(vae.config.z_dim, "wan2.2")))
     dec.cache, dec.shape = [None] * dec.num_convs, (1, h, w)  # what stream() sets up, without its data checks
     z = torch.zeros(1, vae.config.z_dim, 1, h, w, device="meta", dtype=dtype)
-    counts, largest = [], LargestTensor()
-    for i in range(2):
-        with FlopCounterMode(display=False) as counter, largest if i else nullcontext():
-            dec._frame(z)
-        counts.append(counter.get_total_flops())
+    counts, largest, columns = [], LargestTensor(), [0]
+
+    def im2col(conv, args, out):  # the CPU's conv3d unfolds its input: C_in x kernel volume x output positions
+        columns[0] = max(columns[0], conv.in_channels * math.prod(conv.kernel_size) * out[0, 0].numel() * out.itemsize)
+
+    hooks = [m.register_forward_hook(im2col) for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv3d)]
+    try:
+        for i in range(2):
+            with FlopCounterMode(display=False) as counter, largest if i else nullcontext():
+                dec._frame(z)
+            counts.append(counter.get_total_flops())
+    finally:
+        for hook in hooks:
+            hook.remove()
     cache_bytes = sum(c.nbytes for c in dec.cache if isinstance(c, torch.Tensor))
     return (("first_flops", float(counts[0])), ("flops", float(counts[1])), ("cache_bytes", cache_bytes),
-            ("largest_bytes", largest.bytes))
+            ("largest_bytes", largest.bytes), ("columns_bytes", columns[0]))
 
 
 class LargestTensor(TorchDispatchMode):
@@ -363,8 +375,8 @@ def load(model: str, weights=None, device=None, dtype=None) -> WanVAEDecoder:
     if dtype in ("fp8", torch.float8_e4m3fn):
         raise FlashdecodeError(f"--dtype fp8 is for FlashDecoder models; the {model} decoder runs in bf16, fp16 or fp32")
     if weights is None:
-        raise FlashdecodeError(f"--model {model} needs --weights PATH: {WEIGHTS_HELP} (or --weights random to "
-                               "measure speed and memory)")
+        raise FlashdecodeError(f"--model {model} needs --weights PATH: {WEIGHTS_HELP}; nothing is downloaded (or "
+                               "--weights random to measure speed and memory)")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if weights == "random":
