@@ -74,8 +74,16 @@ def main() -> None:
                   f"({r['frames']} px frames) {way:>9}: +{r['added_mib']} MiB over the loaded "
                   f"{r['loaded_mib']} MiB, {r['ms_per_latent']} ms/latent frame", flush=True)
     if args.json:
+        import os
+        import platform
+
+        import torch
+
+        machine = dict(cpu=platform.processor() or platform.machine(), cores=os.cpu_count(), torch=torch.__version__,
+                       load_average=os.getloadavg()[0])  # a shared machine's other jobs slow every row alike
         with open(args.json, "w") as f:
-            json.dump(dict(space=args.space, size=args.size, res=args.res, threads=args.threads, rows=rows), f, indent=2)
+            json.dump(dict(space=args.space, size=args.size, res=args.res, threads=args.threads, machine=machine,
+                           random_weights=True, rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":
