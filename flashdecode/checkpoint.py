@@ -52,10 +52,11 @@ def check_weights_path(path) -> Path:
     if path.is_dir():
         inside = sorted(p.name for p in path.glob("*.safetensors"))
         hint = f" (it holds {listed(inside, 3)})" if inside else ""
-        raise FlashdecodeError(f"weights {shown(path)} is a folder{hint}; pass --weights PATH to a .safetensors checkpoint "
-                               "file, or random")
+        raise FlashdecodeError(f"weights {shown(path)} is a folder{hint}; pass --weights PATH to a .safetensors "
+                               "checkpoint file, or random")
     if path.exists() and not path.is_file():
-        raise FlashdecodeError(f"weights {shown(path)} is not a regular file; pass --weights PATH to a .safetensors file")
+        raise FlashdecodeError(f"weights {shown(path)} is not a regular file; pass --weights PATH to a .safetensors "
+                               "file")
     if not path.is_file():
         raise FlashdecodeError(f"weights file {path} does not exist; pass --weights PATH to a flashdecode .safetensors checkpoint")
     if path.suffix != ".safetensors":

@@ -52,8 +52,8 @@ def check_names(paths: list[tuple[str, object]]) -> None:
         for part in path.parts:
             n = len(os.fsencode(part))
             if n > limit:
-                raise FlashdecodeError(f"{what} {shown(_short(str(path)))}: the name {_short(part, 40)!r} is {n} bytes long, "
-                                       f"more than the {limit} this filesystem allows per name; pick a shorter name")
+                raise FlashdecodeError(f"{what} {shown(_short(str(path)))}: the name {_short(part, 40)!r} is {n} bytes "
+                                       f"long, more than the {limit} this filesystem allows per name; pick a shorter name")
 
 
 def identity(path) -> tuple:
@@ -89,10 +89,10 @@ def check_distinct(reads: list[tuple[str, object]], writes: list[tuple[str, obje
         if key in seen:
             other_what, other = seen[key]
             if key in read_ids:
-                raise FlashdecodeError(f"{what} {shown(path)} is the same file as the {other_what} {shown(other)}: writing it would "
-                                       f"destroy the {other_what}; pick another {what} path")
-            raise FlashdecodeError(f"{other_what} {shown(other)} and {what} {shown(path)} are one file: the run would write it twice; "
-                                   "pick distinct paths")
+                raise FlashdecodeError(f"{what} {shown(path)} is the same file as the {other_what} {shown(other)}: "
+                                       f"writing it would destroy the {other_what}; pick another {what} path")
+            raise FlashdecodeError(f"{other_what} {shown(other)} and {what} {shown(path)} are one file: the run would "
+                                   "write it twice; pick distinct paths")
         seen[key] = (what, str(path))
 
 

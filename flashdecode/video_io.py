@@ -196,7 +196,8 @@ def is_png_frame_of(path: Path, output: str) -> bool:
     if output == "-" or output_kind(output) != "png":
         return False
     folder, pattern = png_target(output)
-    return os.path.realpath(path.parent) == os.path.realpath(folder) and bool(png_name_regex(pattern).fullmatch(path.name))
+    same_folder = os.path.realpath(path.parent) == os.path.realpath(folder)
+    return same_folder and bool(png_name_regex(pattern).fullmatch(path.name))
 
 
 def _mp4_boxes(path):
@@ -662,7 +663,8 @@ class VideoWriter:
     decoding; `close()` flushes.
     A PNG folder that already holds frames of the pattern is refused unless `overwrite` (then they are
     deleted once this run's first frames are on disk), so two runs never mix. The output is locked
-    (flashdecode.outputs.OutputLock) until close: a second writer on it is refused. `preset`: the x264/x265 speed preset (default veryfast).
+    (flashdecode.outputs.OutputLock) until close: a second writer on it is refused. `preset`: the x264/x265
+    speed preset (default veryfast).
     """
 
     def __init__(self, output: str, fps: float = 16.0, crf: int | None = None, codec: str | None = None,
