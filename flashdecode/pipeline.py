@@ -176,7 +176,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     `decoder`: an already loaded `Decoder` to reuse across files (flashdecode.batch loads one per GPU); `model`,
     `weights`, `dtype` and `compile` are then its own.
     """
-    from .engine import load_decoder, resolve_device
+    from .engine import FAMILIES, load_decoder, resolve_device
     from .latents_io import open_latents
     from .memory import check_memory
     from .progress import DecodeProgress
@@ -202,7 +202,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     if json_path is not None:
         check_json_path(json_path)
     dev = resolve_device(device)
-    weights_meta = weights_metadata(decoder.name if decoder is not None else model, weights)
+    model_name = decoder.name if decoder is not None else model
+    weights_meta = weights_metadata(model_name, weights)
     space_hint = latent_space if latent_space in LATENT_SPACES else weights_meta.get("latent_space")
     channels = {LATENT_SPACES[space_hint].channels} if space_hint in LATENT_SPACES else None
 
@@ -213,7 +214,7 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
     if T == 0:
         raise FlashdecodeError(f"{shown(latents.name)} holds no latent frames (shape {list(latents.shape)} as [B,C,T,h,w]); "
                                "nothing to decode")
-    patch = LATENT_SPACES[space].patch
+    patch = 1 if model_name in FAMILIES else LATENT_SPACES[space].patch  # FlashDecoder's tokens; conv decoders take any grid
     if h % patch or w % patch:
         raise FlashdecodeError(f"latent grid {h}x{w} must be a multiple of {patch} for {space}; check the producer")
     if batch_index is not None and not 0 <= batch_index < B:

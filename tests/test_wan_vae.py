@@ -150,6 +150,20 @@ def test_the_cli_writes_the_vaes_frames(vaes, tmp_path):
         assert 10 * np.log10(255 ** 2 / mse) > 40  # x264 at crf 10
 
 
+def test_any_latent_grid(vaes, tmp_path):
+    """The conv decoder takes grids FlashDecoder's 2x2 Wan2.1 tokens cannot (e.g. 360 px high: 45 latent rows)."""
+    from flashdecode import decode_file
+
+    vae, folder = vaes["wan2.1"]
+    z = latents("wan2.1", t=2, h=5, w=7)
+    save_file({"latents": z}, str(tmp_path / "odd.safetensors"))
+    summary = decode_file(tmp_path / "odd.safetensors", tmp_path / "odd", model="wan2.1-vae", weights=folder)
+    assert summary["status"] == "ok" and (summary["width"], summary["height"], summary["frames"]) == (56, 40, 5)
+    frames = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "odd").glob("*.png"))]).astype(np.float32)
+    expected = ((diffusers_decode(vae, z)[0] + 1) * 127.5).round().permute(1, 2, 3, 0).numpy()
+    assert np.abs(frames - expected).max() <= 1
+
+
 def test_many_files_into_a_folder(vaes, tmp_path):
     """The batch path (several files, one decoder) takes the family too."""
     for i in range(2):
