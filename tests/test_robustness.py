@@ -1276,3 +1276,21 @@ def test_a_planted_lock_link_is_not_followed(tmp_path):
         _one_error(res["stderr"], "lock file")
         assert (tmp_path / "precious").read_bytes() == b"keep me" and not (tmp_path / "out.mp4").exists()
         (tmp_path / ".out.mp4.flashdecode-lock").unlink()
+
+
+@pytest.mark.slow
+def test_torchrun_rank_stopped_while_rank0_waits(tmp_path):
+    """SIGTERM to rank 1 alone while rank 0, done, waits to gather: rank 0 says so in one line and its summary has
+    rank 1's partial file with the frames that play (read from the disk)."""
+    (tmp_path / "a.npy").write_bytes(_clip(2))  # rank 0: done at once
+    (tmp_path / "b.npy").write_bytes(_clip(400))  # rank 1: stopped mid-file
+    proc = _torchrun("decode", tmp_path, "-o", tmp_path / "out", *TINY, "-q", "--json", tmp_path / "s.json")
+    _wait_for(_first_fragment(tmp_path / "out" / "b.mp4"), 300)
+    os.kill(_rank_pid(proc, 1), signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode != 0, err
+    _no_traceback_of_ours(err)
+    assert len([ln for ln in err.splitlines() if ln.startswith("error:") and "another rank stopped" in ln]) == 1, err
+    files = {Path(f["input"]).name: f for f in json.loads((tmp_path / "s.json").read_text())["files"]}
+    held = _frames(tmp_path / "out" / "b.mp4")
+    assert files["a.npy"]["frames"] == 5 and 0 < held < 1597 and files["b.npy"]["frames"] == held
