@@ -1150,19 +1150,24 @@ def _no_traceback_of_ours(stderr: str) -> None:  # torchrun prints its own when 
     assert "flashdecode/" not in "".join(b for b in stderr.split("Traceback")[1:]), stderr
 
 
+def _stop_rank1_mid_file(tmp_path, sig) -> tuple[str, dict]:
+    """torchrun (2 ranks) on the .npy files in tmp_path; `sig` to rank 1 once b.mp4 holds frames. (stderr, summary)"""
+    proc = _torchrun("decode", tmp_path, "-o", tmp_path / "out", *TINY, "-q", "--json", tmp_path / "s.json")
+    _wait_for(_first_fragment(tmp_path / "out" / "b.mp4"), 300)
+    os.kill(_rank_pid(proc, 1), sig)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode != 0, err
+    _no_traceback_of_ours(err)
+    return err, json.loads((tmp_path / "s.json").read_text())
+
+
 @pytest.mark.slow
 def test_torchrun_killed_rank_summary_covers_every_rank(tmp_path):
     """kill -9 of rank 1 mid-file under torchrun: torchrun stops rank 0, whose summary lists every file: its own
     (the one in progress with its frames), rank 1's partial file with the frames on disk, and the rest."""
     for name in ("a.npy", "b.npy", "c.npy", "d.npy"):  # rank 0 takes a and c, rank 1 b and d
         (tmp_path / name).write_bytes(_clip(400))
-    proc = _torchrun("decode", tmp_path, "-o", tmp_path / "out", *TINY, "-q", "--json", tmp_path / "s.json")
-    _wait_for(_first_fragment(tmp_path / "out" / "b.mp4"), 300)
-    os.kill(_rank_pid(proc, 1), signal.SIGKILL)
-    err = proc.communicate(timeout=120)[1].decode()
-    assert proc.returncode != 0, err
-    _no_traceback_of_ours(err)
-    summary = json.loads((tmp_path / "s.json").read_text())
+    _, summary = _stop_rank1_mid_file(tmp_path, signal.SIGKILL)
     files = {Path(f["input"]).name: f for f in summary["files"]}
     assert sorted(files) == ["a.npy", "b.npy", "c.npy", "d.npy"]
     held = {n: _frames(tmp_path / "out" / f"{n}.mp4") for n in "abcd"}
@@ -1284,13 +1289,8 @@ def test_torchrun_rank_stopped_while_rank0_waits(tmp_path):
     rank 1's partial file with the frames that play (read from the disk)."""
     (tmp_path / "a.npy").write_bytes(_clip(2))  # rank 0: done at once
     (tmp_path / "b.npy").write_bytes(_clip(400))  # rank 1: stopped mid-file
-    proc = _torchrun("decode", tmp_path, "-o", tmp_path / "out", *TINY, "-q", "--json", tmp_path / "s.json")
-    _wait_for(_first_fragment(tmp_path / "out" / "b.mp4"), 300)
-    os.kill(_rank_pid(proc, 1), signal.SIGTERM)
-    err = proc.communicate(timeout=120)[1].decode()
-    assert proc.returncode != 0, err
-    _no_traceback_of_ours(err)
+    err, summary = _stop_rank1_mid_file(tmp_path, signal.SIGTERM)
     assert len([ln for ln in err.splitlines() if ln.startswith("error:") and "another rank stopped" in ln]) == 1, err
-    files = {Path(f["input"]).name: f for f in json.loads((tmp_path / "s.json").read_text())["files"]}
+    files = {Path(f["input"]).name: f for f in summary["files"]}
     held = _frames(tmp_path / "out" / "b.mp4")
     assert files["a.npy"]["frames"] == 5 and 0 < held < 1597 and files["b.npy"]["frames"] == held
