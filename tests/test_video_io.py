@@ -579,11 +579,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["p.gif", "p.webp"])
+@pytest.mark.parametrize("name", [pytest.param("p.gif", marks=pytest.mark.slow), "p.webp"])
 def test_preview_decode_peak_rss_flat_200_vs_20_latent_frames(tmp_path, name):
     """The whole CLI run (tiny model, random weights, 8x8 grid, --scale 0.5): 797 frames peak within 1.2x of 77.
-    About 80 s on a loaded 2-core machine, hence slow."""
+    WebP about 7 s on a 2-core machine; GIF's per-frame palette makes it about 50 s, hence slow."""
     peaks = {}
     for T in (20, 200):
         z = tmp_path / f"z{T}.npy"
