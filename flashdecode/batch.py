@@ -214,17 +214,23 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     from .engine import resolve_device
     from .outputs import check_distinct, check_names
     from .pipeline import RANDOM_WEIGHTS_NOTE, check_json_path, decode_file, output_names
-    from .video_io import written_paths
+    from .video_io import CONTAINERS, written_paths
     from .progress import DecodeProgress
     from .signals import stop_status
 
     if decode_kw.get("stdout_format"):
         raise FlashdecodeError("--format applies to stdout (-o -); several inputs are decoded into a folder")
+    from .arguments import PATH, check_types
+
+    check_types(output=(output, PATH, "a folder path"), json_path=(json_path, PATH, "a path"),
+                suffix=(suffix, str, "a video extension like '.mp4'"))
     if isinstance(inputs, (str, os.PathLike)):  # one file, folder or glob
         inputs = [inputs]
     if not isinstance(inputs, (list, tuple)) or not inputs:
         raise FlashdecodeError(f"decode_files needs a non-empty list of files, folders or globs, not {inputs!r}")
     check_names([("input", i) for i in inputs] + [("output", output), ("--json", json_path)])
+    if Path(f"x{suffix}").suffix.lower() not in CONTAINERS and suffix.lower() != ".y4m":
+        raise FlashdecodeError(f"suffix {suffix!r} is not a video extension; use .mp4, .mkv, .mov, .webm or .y4m")
     files = expand_inputs([str(i) for i in inputs])
     json_path = Path(json_path) if json_path is not None else None
     if json_path is not None:

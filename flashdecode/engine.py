@@ -299,6 +299,9 @@ def load_decoder(model: str | None = "s", latent_space: str | None = None, weigh
     fp8 tensor-core GEMMs on compute capability 8.9+, dequantized elsewhere). Default bf16 on GPU, fp32 on CPU.
     compile: torch.compile the per-frame step (True/False); None = COMPILE_BY_DEFAULT (eager, see why there).
     """
+    from .arguments import PATH, check_types
+
+    check_types(weights=(weights, PATH, "a path to a .safetensors file, 'random' or None"))
     if model in FAMILIES:
         return load_family(model, latent_space, weights, device, dtype)
     dev = resolve_device(device)
