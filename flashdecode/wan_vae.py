@@ -167,10 +167,18 @@ def build_vae(space: str, size: str = "full", device="meta"):
         raise FlashdecodeError(f"unknown Wan VAE {space!r}; choose one of {', '.join(CONFIGS)}")
     if size not in ("full", "tiny"):
         raise FlashdecodeError(f"unknown Wan VAE size {size!r}; choose full or tiny")
+    with torch.device("meta"):  # shapes only: the encoder (most of a Wan2.2 VAE) is never allocated
+        vae = decoder_half(autoencoder_class()(**(CONFIGS if size == "full" else TINY_CONFIGS)[space]))
+    vae.to_empty(device=device)
     torch.manual_seed(0)
-    with torch.device(device):
-        vae = autoencoder_class()(**(CONFIGS if size == "full" else TINY_CONFIGS)[space])
-    return decoder_half(vae)
+    for m in vae.modules():  # the values diffusers' constructor gives: PyTorch's conv init, RMS norm gains of 1
+        if isinstance(m, torch.nn.modules.conv._ConvNd):
+            m.reset_parameters()
+        elif type(m).__name__ == "WanRMS_norm":
+            m.gamma.data.fill_(1.0)
+            if isinstance(m.bias, torch.nn.Parameter):
+                m.bias.data.zero_()
+    return vae
 
 
 # -- the streamed decoder -------------------------------------------------------------------------------

@@ -86,6 +86,21 @@ def test_the_interface_sizes_itself(vaes):
     assert dec.flops(64, 96, 5) == pytest.approx(dec.flops(64, 96, 4) + f)
 
 
+def test_random_weights_build_only_the_decoder_with_diffusers_init():
+    from flashdecode.wan_vae import build_vae
+
+    vae = build_vae("wan2.2", "tiny", device="cpu")
+    assert vae.encoder is None
+    params = dict(vae.named_parameters())
+    assert all(bool(torch.isfinite(p).all()) for p in params.values())
+    gains = [p for n, p in params.items() if n.endswith("gamma")]
+    assert gains and all(bool((g == 1).all()) for g in gains)
+    conv = params["decoder.conv_in.weight"]  # PyTorch's default: uniform within 1/sqrt(fan_in)
+    bound = (conv[0].numel()) ** -0.5
+    assert 0.5 * bound < conv.abs().max() <= bound and conv.std() > 0.2 * bound
+    assert torch.equal(conv, build_vae("wan2.2", "tiny", device="cpu").decoder.conv_in.weight)  # seeded
+
+
 def test_bad_latents_and_shape_changes_are_one_sentence(vaes):
     dec = load_decoder("wan2.1-vae", weights=vaes["wan2.1"][1])
     with pytest.raises(FlashdecodeError, match="48 channels but latent space 'wan2.1' has 16"):
