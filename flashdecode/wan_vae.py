@@ -82,6 +82,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
+def _first_line(e: Exception) -> str:
+    """The first line of a library's error, shown (a message may be empty, or carry a path with odd characters)."""
+    return shown((str(e).splitlines() or [type(e).__name__])[0], 200)
+
+
 def _z_dim(state: dict[str, torch.Tensor]) -> int:
     for key in ("post_quant_conv.weight", "conv2.weight"):  # diffusers / original Wan naming
         if key in state and state[key].ndim:
@@ -100,23 +105,23 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32, option: 
     cls = autoencoder_class()
     path = Path(path)
     if not path.exists():
-        raise FlashdecodeError(f"Wan VAE {path} does not exist; pass {option} PATH to {WEIGHTS_HELP} "
+        raise FlashdecodeError(f"Wan VAE {shown(path)} does not exist; pass {option} PATH to {WEIGHTS_HELP} "
                                "(nothing is downloaded)")
     if path.is_dir():
         folder = path / "vae" if not (path / "config.json").is_file() and (path / "vae" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():
-            raise FlashdecodeError(f"{path} has no config.json (nor vae/config.json); pass a diffusers AutoencoderKLWan folder")
+            raise FlashdecodeError(f"{shown(path)} has no config.json (nor vae/config.json); pass a diffusers AutoencoderKLWan folder")
         try:
             vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
         except (OSError, ValueError, RuntimeError, TypeError) as e:
-            raise FlashdecodeError(f"cannot load the Wan VAE from {folder}: {str(e).splitlines()[0]}; "
+            raise FlashdecodeError(f"cannot load the Wan VAE from {shown(folder)}: {_first_line(e)}; "
                                    "check it is a complete diffusers AutoencoderKLWan folder") from None
         check_finite(vae.state_dict(), folder, CORRUPT_VAE)
         return vae.eval()
     try:
         state = _read_state_dict(path)
     except Exception as e:  # noqa: BLE001  (pickle, safetensors and zip errors all mean the same to the user)
-        raise FlashdecodeError(f"cannot read {path} as a checkpoint ({str(e).splitlines()[0]}); "
+        raise FlashdecodeError(f"cannot read {shown(path)} as a checkpoint ({_first_line(e)}); "
                                "pass a .safetensors or .pth Wan VAE state dict") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise FlashdecodeError(f"{shown(path)} is not a state dict (names -> tensors); pass a .safetensors or .pth Wan VAE "
@@ -124,7 +129,7 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32, option: 
     if config is None:
         space = Z_DIM_TO_SPACE.get(_z_dim(state))
         if space is None:
-            raise FlashdecodeError(f"{path} has z_dim {_z_dim(state)}; only Wan2.1 (16) and Wan2.2 (48) VAEs are known")
+            raise FlashdecodeError(f"{shown(path)} has z_dim {_z_dim(state)}; only Wan2.1 (16) and Wan2.2 (48) VAEs are known")
         config = CONFIGS[space]
     if "decoder.middle.0.residual.0.gamma" in state:
         # Original Wan naming: diffusers' own single-file converter renames it (it knows the Wan2.1 layout).
@@ -148,7 +153,7 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32, option: 
     missing, unexpected = vae.load_state_dict(state, strict=False)
     if missing or unexpected:
         bad = [f"{k} missing" for k in missing] + [f"{k} unexpected" for k in unexpected]
-        raise FlashdecodeError(f"{path} does not match AutoencoderKLWan({json.dumps(config)[:80]}...): {bad[0]} "
+        raise FlashdecodeError(f"{shown(path)} does not match AutoencoderKLWan({json.dumps(config)[:80]}...): {bad[0]} "
                                f"(and {len(bad) - 1} more); convert it to a diffusers folder with diffusers' "
                                "scripts/convert_wan_to_diffusers.py and pass the folder")
     return (vae if dtype == torch.float32 else vae.to(dtype)).eval()
@@ -395,7 +400,7 @@ def load(model: str, weights=None, device=None, dtype=None) -> WanVAEDecoder:
         if found != space:
             what = f"a {found} VAE" if found else f"a VAE with z_dim {vae.config.z_dim}"
             fix = f"pass --model {found}-vae" if found else "pass a Wan2.1 or Wan2.2 VAE"
-            raise FlashdecodeError(f"{weights} is {what} (z_dim {vae.config.z_dim}), not {space}; {fix}")
+            raise FlashdecodeError(f"{shown(weights)} is {what} (z_dim {vae.config.z_dim}), not {space}; {fix}")
         vae = decoder_half(vae)
     torch.nn.Module.to(vae, device=dev, dtype=dt)  # ModelMixin.to warns about from_pretrained on every cast
     meta = {"latent_space": space, "weights": "random" if weights == "random" else str(weights)}
