@@ -7,7 +7,7 @@
 """
 from .errors import FlashdecodeError
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The rest loads on first use (PEP 562), so `import flashdecode` and the CLI's start-up do not pay for torch
 # before they need it (a Ctrl-C during the CLI's start-up is then one line, see console.py).
