@@ -92,8 +92,8 @@ def test_error_heat_map_scale():
     (["--compare", "{tmp}/cmp.gif"], "--compare .*cmp.gif: give a video file name", "cmp.gif"),
     (["--compare", "{tmp}"], "give a video file name", None),
     (["--compare", "{tmp}/no/cmp.mp4"], "does not exist", "no"),
-    (["--compare", str(CLIP)], "is also the input", None),
-    (["--compare", "{tmp}/same.mp4", "--json", "{tmp}/same.mp4"], "--compare .* is also the --json", "same.mp4"),
+    (["--compare", str(CLIP)], "is the same file as the input", None),
+    (["--compare", "{tmp}/same.mp4", "--json", "{tmp}/same.mp4"], "--json .* and --compare .* are one file", "same.mp4"),
     (["--plot", "{tmp}/psnr.jpeg"], "--plot .*psnr.jpeg: give an image file name", "psnr.jpeg"),
     (["--fps", "0", "--compare", "{tmp}/cmp.mp4"], "fps", "cmp.mp4"),
 ])

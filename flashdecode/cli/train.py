@@ -109,6 +109,7 @@ def evaluate_cmd(
     from ..errors import FlashdecodeError, shown
     from ..memory import check_host_memory
     from ..engine import resolve_device
+    from ..outputs import check_distinct
     from ..pipeline import check_json_path
     from ..training.compare import ComparisonWriter, HEAT_FULL_SCALE, check_compare_path, check_plot_path, plot_psnr
     from ..training.evaluate import evaluate
@@ -128,7 +129,8 @@ def evaluate_cmd(
         check_plot_path(plot_out)
     if fps is not None:
         check_fps(fps)
-    check_distinct_outputs(data, {"--json": json_out, "--compare": compare, "--plot": plot_out})
+    check_distinct([("input", parse_source(d)[0]) for d in data],  # no output overwrites an input or another output
+                   [("--json", json_out), ("--compare", compare), ("--plot", plot_out)])
     # a clip, its teacher round trip and its decode are held whole, as float32: refuse what cannot fit
     check_host_memory(3 * 3 * 4 * frames * hw[0] * hw[1], f"evaluating {frames}-frame clips at {size}",
                       "pass a smaller --size or fewer --frames")
@@ -165,23 +167,3 @@ def evaluate_cmd(
     if plot_out is not None:
         plot_psnr(rows, {"psnr_per_frame": decoder.name, "teacher_psnr_per_frame": baseline}, plot_out, title)
         print(f"wrote {shown(plot_out)}", file=sys.stderr)
-
-
-def check_distinct_outputs(data: list[str], outputs: dict[str, Optional[Path]]) -> None:
-    """No output may overwrite an input video or another output: the same path, a link to it, or a hard link."""
-    import os
-
-    from ..errors import FlashdecodeError, shown
-    from ..training.video_data import parse_source
-
-    def same(a: Path, b: Path) -> bool:
-        return a.resolve() == b.resolve() or a.exists() and b.exists() and os.path.samefile(a, b)
-
-    taken = [(Path(parse_source(d)[0]), f"input {shown(d)}") for d in data]
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        clash = next((what for other, what in taken if same(path, other)), None)
-        if clash is not None:
-            raise FlashdecodeError(f"{option} {shown(path)} is also the {clash}; give it a file name of its own")
-        taken.append((path, option))
