@@ -1070,7 +1070,7 @@ def _wait_for(predicate, seconds=120.0) -> None:
 
 def _first_fragment(path: Path):
     """Whether a fragmented MP4 holds a complete fragment of frames (a moof and its mdat), not only its header."""
-    from flashdecode.video_io import _mp4_boxes
+    from flashdecode.mp4 import _mp4_boxes
 
     return lambda: path.exists() and any(kind == b"mdat" for kind, _ in _mp4_boxes(path))
 
