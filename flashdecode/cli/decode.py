@@ -132,8 +132,9 @@ def info(
         ("decodes to", f"{pixel_frames(T)} frames of {size}" + (f" per item, {B} items" if B > 1 else "")),
         ("NaN/Inf", "none" if not bad else f"{bad} values (decode will refuse)"),
     ]
-    # a file's own text: escaped, and cut (ComfyUI stores its whole workflow as JSON in 'prompt' and 'workflow')
-    rows += [(f"metadata.{shown(k, 60)}", shown(v, 200)) for k, v in d["metadata"].items()]
+    # a file's own text: escaped, and cut (ComfyUI stores its whole workflow as JSON in 'prompt' and 'workflow');
+    # sorted, since a safetensors header keeps no order
+    rows += [(f"metadata.{shown(k, 60)}", shown(v, 200)) for k, v in sorted(d["metadata"].items())]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
