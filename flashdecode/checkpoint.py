@@ -75,7 +75,12 @@ def _open(path):
 def read_metadata(path) -> dict:
     """The checkpoint's metadata, with `config` and `provenance` parsed from JSON (header only: no tensor read)."""
     with _open(path) as f:
-        meta = dict(f.metadata() or {})
+        return _parse_metadata(f.metadata(), path)
+
+
+def _parse_metadata(meta: dict | None, path) -> dict:
+    """A safetensors header's metadata with `config` and `provenance` parsed from JSON."""
+    meta = dict(meta or {})
     for key in ("config", "provenance"):
         if key in meta:
             try:
@@ -89,7 +94,8 @@ def read_metadata(path) -> dict:
 def load_checkpoint(path) -> tuple[dict[str, torch.Tensor], dict]:
     with _open(path) as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
-    return state, read_metadata(path)
+        meta = f.metadata()
+    return state, _parse_metadata(meta, path)
 
 
 def config_from_metadata(meta: dict, source="the checkpoint") -> ModelConfig | None:
@@ -152,6 +158,16 @@ def check_finite(state: dict[str, torch.Tensor], source, remedy: str) -> None:
     if not_finite:
         more = f" (and {len(not_finite) - 1} more tensors)" if len(not_finite) > 1 else ""
         raise FlashdecodeError(f"{shown(source)} holds NaN or Inf values in {shown(not_finite[0], 80)}{more}; {remedy}")
+
+
+def check_float_weights(state: dict[str, torch.Tensor], source, kind: str, remedy: str) -> None:
+    """One line for the first tensor that is not floating point (the file is not a `kind`), then for NaN or Inf
+    values (check_finite): what a decoder of another family checks before it loads a weight file."""
+    not_float = [k for k, v in state.items() if not v.is_floating_point()]
+    if not_float:
+        raise FlashdecodeError(f"{shown(source)} holds {shown(not_float[0], 80)} as {state[not_float[0]].dtype}, not "
+                               f"floating point; it is not a {kind}")
+    check_finite(state, source, remedy)
 
 
 def load_weights(model: FlashDecoder, state: dict[str, torch.Tensor], source) -> None:

@@ -364,6 +364,8 @@ def load_family(model: str, latent_space: str | None, weights, device, dtype):
     if latent_space not in (None, "auto", space):
         raise FlashdecodeError(f"--model {model} decodes {space} latents, not {latent_space}; drop --latent-space "
                                "or pick the matching model")
+    if dtype in FP8_NAMES:
+        raise FlashdecodeError(f"--dtype fp8 is for FlashDecoder models; the {model} decoder runs in bf16, fp16 or fp32")
     return importlib.import_module(f".{module}", __package__).load(model, weights=weights, device=device, dtype=dtype)
 
 

@@ -40,3 +40,9 @@ def printable(line: str) -> str:
     if line.isprintable():
         return line
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of a library's error message (its type's name when the message is empty), shown and cut:
+    enough to say what went wrong in one of our sentences."""
+    return shown((str(e).strip().splitlines() or [type(e).__name__])[0], 200)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
-from .errors import FlashdecodeError, listed, shown
+from .errors import FlashdecodeError, first_line, listed, shown
 from .latent_spaces import LATENT_SPACES, pixel_frames
 from .memory import check_host_memory
 
@@ -305,10 +305,6 @@ def _load_safetensors_stream(fp, first_bytes: bytes, key: str | None, name: str 
                   chosen, list(entries), "safetensors")
 
 
-def _first_line(e: BaseException) -> str:
-    return shown(str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
-
-
 def _load_torch_file(path: Path, key: str | None, label: str) -> _Found:
     """torch.save latents: a tensor, or a dict holding one (LATENT_KEYS or --key; its plain str/number values are
     the metadata). Read with torch.load(weights_only=True) only, memory-mapped where the file allows it (the zip
@@ -329,7 +325,7 @@ def _load_torch_file(path: Path, key: str | None, label: str) -> _Found:
         raise FlashdecodeError(f"{label} {what}; flashdecode never unpickles objects: save the latents with "
                                "torch.save(tensor) or as safetensors") from None
     except Exception as e:  # a torn zip, a truncated file, a storage shorter than its tensor...
-        raise FlashdecodeError(f"{label} is truncated or not a torch.save file ({_first_line(e)}); "
+        raise FlashdecodeError(f"{label} is truncated or not a torch.save file ({first_line(e)}); "
                                "re-save it with torch.save or as safetensors") from None
     if isinstance(obj, torch.Tensor):
         if key is not None:
@@ -354,6 +350,10 @@ def _load_torch_file(path: Path, key: str | None, label: str) -> _Found:
     return _Found(tensor.detach(), meta, chosen, names, "torch.save")
 
 
+def _is_directory(label: str) -> FlashdecodeError:
+    return FlashdecodeError(f"input {label} is a directory; pass a latent file ({', '.join(EXTENSIONS)})")
+
+
 def _check_input_path(path: Path, label: str) -> None:
     if path.suffix.lower() not in EXTENSIONS:
         raise FlashdecodeError(f"unknown input extension {path.suffix or '(none)'!r} for {label}; "
@@ -361,7 +361,7 @@ def _check_input_path(path: Path, label: str) -> None:
     if not path.exists():
         raise FlashdecodeError(f"input {label} does not exist")
     if path.is_dir():
-        raise FlashdecodeError(f"input {label} is a directory; pass a latent file ({', '.join(EXTENSIONS)})")
+        raise _is_directory(label)
 
 
 # -- layout and shape ------------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ def open_latents(source: str | Path, key: str | None = None, layout: str | None 
     except PermissionError:
         raise FlashdecodeError(f"input {label} is not readable (permission denied)") from None
     except IsADirectoryError:
-        raise FlashdecodeError(f"input {label} is a directory; pass a latent file ({', '.join(EXTENSIONS)})") from None
+        raise _is_directory(label) from None
     return _opened(found, str(path), layout, channels, check)
 
 

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .engine import check_latents, latent_chunks, resolve_device, resolve_dtype
-from .errors import FlashdecodeError, shown
+from .checkpoint import check_float_weights
+from .engine import as_latents, check_latents, latent_chunks, resolve_device, resolve_dtype
+from .errors import FlashdecodeError, first_line, shown
 from .latent_spaces import LatentSpace, get_latent_space
 
 # --model -> (latent space, latent channels, pixel patch of the output: Wan2.2 unpatchifies 2x2)
@@ -246,7 +247,7 @@ class TinyVideoDecoder:
 
     def decode(self, latents: torch.Tensor, raw: bool = False, start_index: int = 0) -> torch.Tensor:
         """[B,C,T,h,w] -> [B,3,1+4(T-1),H,W] in [-1, 1] through the streaming path."""
-        latents = torch.as_tensor(latents)
+        latents = as_latents(latents)
         self.check(latents)
         return torch.cat(list(self.stream([latents], raw=raw, start_index=start_index)), dim=2)
 
@@ -280,7 +281,7 @@ def open_decoder_file(path: Path) -> tuple[dict[str, torch.Size], Callable[[], d
         raise FlashdecodeError(f"refused {shown(path)}: it holds pickled objects, not only tensors, and is never "
                                "unpickled; use the .safetensors file of the same weights") from None
     except Exception as e:  # noqa: BLE001  (zip, EOF and torch errors all mean: not a readable .pth)
-        raise FlashdecodeError(f"cannot read {shown(path)} as a .pth state dict ({str(e).splitlines()[0]}); "
+        raise FlashdecodeError(f"cannot read {shown(path)} as a .pth state dict ({first_line(e)}); "
                                "use the .safetensors file of the same weights") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FlashdecodeError(f"{shown(path)} is not a state dict of tensors, so not a TAEHV weight file")
@@ -322,9 +323,7 @@ def fitted(state: dict[str, torch.Tensor], net: TinyDecoder, path) -> dict[str, 
     TAEHV does; one line for a non-float, NaN or Inf tensor (it would decode to a black video)."""
     expected = net.state_dict()
     state = {k: v[-expected[k].shape[0]:] if wider_tgrow(k, v.shape, net) else v for k, v in state.items()}
-    bad = [k for k, v in state.items() if not v.is_floating_point() or not bool(torch.isfinite(v).all())]
-    if bad:
-        raise FlashdecodeError(f"{shown(path)} holds non-float, NaN or Inf values in {bad[0]}; the file is corrupt: re-download it")
+    check_float_weights(state, path, "TAEHV weight file", "the file is corrupt: re-download it")
     return state
 
 
@@ -345,8 +344,6 @@ def load(model: str, weights=None, device=None, dtype=None) -> TinyVideoDecoder:
     if weights is None:
         raise FlashdecodeError(f"--model {model} needs --weights PATH to a TAEHV file ({model.replace('.', '_')}"
                                ".safetensors from github.com/madebyollin/taehv; nothing is downloaded), or --weights random")
-    if dtype in ("fp8", torch.float8_e4m3fn):
-        raise FlashdecodeError(f"fp8 is for FlashDecoder's Transformer; run --model {model} in bf16, fp16 or fp32")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     space_name, channels, patch = MODELS[model]

@@ -29,9 +29,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .engine import check_latents, latent_chunks, resolve_device, resolve_dtype
-from .checkpoint import check_finite
-from .errors import FlashdecodeError, shown
+from .engine import as_latents, check_latents, latent_chunks, resolve_device, resolve_dtype
+from .checkpoint import check_finite, check_float_weights
+from .errors import FlashdecodeError, first_line, shown
 from .latent_spaces import LATENT_SPACES, LatentSpace, get_latent_space
 
 # AutoencoderKLWan configs of the real VAEs (docs/design.md section 2); a single-file checkpoint gets the one
@@ -82,11 +82,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
-def _first_line(e: Exception) -> str:
-    """The first line of a library's error, shown (a message may be empty, or carry a path with odd characters)."""
-    return shown((str(e).splitlines() or [type(e).__name__])[0], 200)
-
-
 def _z_dim(state: dict[str, torch.Tensor]) -> int:
     for key in ("post_quant_conv.weight", "conv2.weight"):  # diffusers / original Wan naming
         if key in state and state[key].ndim:
@@ -114,14 +109,14 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32, option: 
         try:
             vae = cls.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
         except (OSError, ValueError, RuntimeError, TypeError) as e:
-            raise FlashdecodeError(f"cannot load the Wan VAE from {shown(folder)}: {_first_line(e)}; "
+            raise FlashdecodeError(f"cannot load the Wan VAE from {shown(folder)}: {first_line(e)}; "
                                    "check it is a complete diffusers AutoencoderKLWan folder") from None
         check_finite(vae.state_dict(), folder, CORRUPT_VAE)
         return vae.eval()
     try:
         state = _read_state_dict(path)
     except Exception as e:  # noqa: BLE001  (pickle, safetensors and zip errors all mean the same to the user)
-        raise FlashdecodeError(f"cannot read {shown(path)} as a checkpoint ({_first_line(e)}); "
+        raise FlashdecodeError(f"cannot read {shown(path)} as a checkpoint ({first_line(e)}); "
                                "pass a .safetensors or .pth Wan VAE state dict") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise FlashdecodeError(f"{shown(path)} is not a state dict (names -> tensors); pass a .safetensors or .pth Wan VAE "
@@ -136,11 +131,7 @@ def load_wan_vae(path, config: dict | None = None, dtype=torch.float32, option: 
         from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 
         state = convert_wan_vae_to_diffusers(state)
-    not_float = [k for k, v in state.items() if not v.is_floating_point()]
-    if not_float:
-        raise FlashdecodeError(f"{shown(path)} holds {shown(not_float[0], 80)} as {state[not_float[0]].dtype}, not floating point; "
-                               "it is not a Wan VAE checkpoint")
-    check_finite(state, path, CORRUPT_VAE)
+    check_float_weights(state, path, "Wan VAE checkpoint", CORRUPT_VAE)
     vae = cls(**config)
     # Load strictly: diffusers' from_single_file quietly keeps random weights for missing keys (0.42).
     expected = vae.state_dict()
@@ -193,7 +184,7 @@ class WanVAEDecoder:
 
     def __init__(self, name: str, vae, latent_space: LatentSpace, random_weights: bool = False,
                  metadata: dict | None = None):
-        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+        from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, unpatchify
 
         self.name = name  # the --model name: wan2.1-vae, wan2.2-vae
         self.vae = vae
@@ -207,6 +198,8 @@ class WanVAEDecoder:
         self.mean = torch.tensor(vae.config.latents_mean, device=self.device).view(1, -1, 1, 1, 1)
         self.std = torch.tensor(vae.config.latents_std, device=self.device).view(1, -1, 1, 1, 1)
         self.num_convs = sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+        self.patch_size = vae.config.patch_size  # Wan2.2 folds 2x2 pixels into channels; Wan2.1 none
+        self.unpatchify = unpatchify
         self.cache: list | None = None  # one entry per causal conv: the last frames of its input
         self.shape: tuple | None = None  # (batch, h, w) of the video being decoded
         self.frames = 0  # latent frames decoded in this video
@@ -300,16 +293,14 @@ class WanVAEDecoder:
 
     def _frame(self, z: torch.Tensor) -> torch.Tensor:
         """One latent frame [B,C,1,h,w] -> its pixels, exactly as AutoencoderKLWan._decode's loop body."""
-        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
         x = self.vae.decoder(self.vae.post_quant_conv(z), feat_cache=self.cache, feat_idx=[0],
                              first_chunk=self.frames == 0)
         self.frames += 1
-        return unpatchify(x, self.vae.config.patch_size) if self.vae.config.patch_size else x
+        return self.unpatchify(x, self.patch_size) if self.patch_size else x
 
     def decode(self, latents: torch.Tensor, raw: bool = False, start_index: int = 0) -> torch.Tensor:
         """[B,C,T,h,w] -> [B,3,1+4(T-1),H,W] through the streaming path."""
-        latents = torch.as_tensor(latents)
+        latents = as_latents(latents)
         self.check(latents)
         return torch.cat(list(self.stream([latents], raw=raw)), dim=2)
 
@@ -385,35 +376,35 @@ def load(model: str, weights=None, device=None, dtype=None) -> WanVAEDecoder:
     space = model.removesuffix("-vae")
     if space not in CONFIGS:
         raise FlashdecodeError(f"unknown Wan VAE model {model!r}; choose wan2.1-vae or wan2.2-vae")
-    if dtype in ("fp8", torch.float8_e4m3fn):
-        raise FlashdecodeError(f"--dtype fp8 is for FlashDecoder models; the {model} decoder runs in bf16, fp16 or fp32")
     if weights is None:
         raise FlashdecodeError(f"--model {model} needs --weights PATH: {WEIGHTS_HELP}; nothing is downloaded (or "
                                "--weights random to measure speed and memory)")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if weights == "random":
-        vae = build_vae(space, "full", device=dev)
-    else:
-        vae = load_wan_vae(weights, option="--weights")
-        found = Z_DIM_TO_SPACE.get(vae.config.z_dim)
-        if found != space:
-            what = f"a {found} VAE" if found else f"a VAE with z_dim {vae.config.z_dim}"
-            fix = f"pass --model {found}-vae" if found else "pass a Wan2.1 or Wan2.2 VAE"
-            raise FlashdecodeError(f"{shown(weights)} is {what} (z_dim {vae.config.z_dim}), not {space}; {fix}")
-        vae = decoder_half(vae)
+        return _random_decoder(space, "full", dev, dt)
+    vae = load_wan_vae(weights, option="--weights")
+    found = Z_DIM_TO_SPACE.get(vae.config.z_dim)
+    if found != space:
+        what = f"a {found} VAE" if found else f"a VAE with z_dim {vae.config.z_dim}"
+        fix = f"pass --model {found}-vae" if found else "pass a Wan2.1 or Wan2.2 VAE"
+        raise FlashdecodeError(f"{shown(weights)} is {what} (z_dim {vae.config.z_dim}), not {space}; {fix}")
+    vae = decoder_half(vae)
     torch.nn.Module.to(vae, device=dev, dtype=dt)  # ModelMixin.to warns about from_pretrained on every cast
-    meta = {"latent_space": space, "weights": "random" if weights == "random" else str(weights)}
-    return WanVAEDecoder(model, vae, get_latent_space(space), random_weights=weights == "random", metadata=meta)
+    return WanVAEDecoder(model, vae, get_latent_space(space), metadata={"latent_space": space, "weights": str(weights)})
 
 
 def load_baseline(name: str, device="cpu", dtype=torch.float32, size: str = "full") -> WanVAEDecoder:
     """A random-weight Wan VAE decoder for `flashdecode bench` ("wan2.1"/"wan2.2"; size "tiny": the test config)."""
-    device = torch.device(device)
-    vae = build_vae(name, size, device=device)
-    torch.nn.Module.to(vae, dtype=dtype)
-    return WanVAEDecoder(f"{name}-vae", vae, get_latent_space(name), random_weights=True,
-                         metadata={"latent_space": name, "weights": "random"})
+    return _random_decoder(name, size, torch.device(device), dtype)
+
+
+def _random_decoder(space: str, size: str, device: torch.device, dtype: torch.dtype) -> WanVAEDecoder:
+    """The decoder half of a random-weight Wan VAE ("full": the real config; "tiny": the test one)."""
+    vae = build_vae(space, size, device=device)
+    torch.nn.Module.to(vae, dtype=dtype)  # ModelMixin.to warns about from_pretrained on every cast
+    return WanVAEDecoder(f"{space}-vae", vae, get_latent_space(space), random_weights=True,
+                         metadata={"latent_space": space, "weights": "random"})
 
 
 __all__ = ["CONFIGS", "TINY_CONFIGS", "WanVAEDecoder", "build_vae", "load", "load_baseline", "load_wan_vae",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import FlashdecodeError
 from ..latent_spaces import pixel_frames
-from .cases import E2E_MAX_FILE_BYTES, ROW_MARK, COMPILE_MODES, Case, failed_row
+from .cases import E2E_MAX_FILE_BYTES, FAMILY_BASELINES, ROW_MARK, COMPILE_MODES, Case, failed_row
 from .report import cpu_model
 
 # -- inside a case process -----------------------------------------------------------------------------
@@ -133,14 +133,13 @@ def _load_family(case: Case, device):
     """Another decoder family (the stock Wan VAE streamed, a tiny TAEHV decoder) through the shared interface."""
     from ..engine import load_decoder, resolve_dtype
 
-    with tempfile.TemporaryDirectory(prefix="flashdecode-bench-") as folder:
-        weights = "random"
-        if case.baseline_size == "tiny" and case.model in ("wan2.1-vae", "wan2.2-vae"):
-            from ..wan_vae import tiny_wan_vae  # a narrow random VAE saved as users have theirs
+    dtype = resolve_dtype(case.dtype, device)
+    if case.baseline_size == "tiny" and case.model in FAMILY_BASELINES.values():
+        from ..wan_vae import load_baseline  # the narrow random decoder the tiny baseline row calls through diffusers
 
-            tiny_wan_vae(case.latent_space, save_to=Path(folder) / "vae")
-            weights = str(Path(folder) / "vae")
-        dec = load_decoder(case.model, weights=weights, device=device, dtype=resolve_dtype(case.dtype, device))
+        dec = load_baseline(case.model.removesuffix("-vae"), device, dtype, size="tiny")
+    else:
+        dec = load_decoder(case.model, weights="random", device=device, dtype=dtype)
     h, w = _latent_grid(dec, case)
     if hasattr(dec, "flops"):  # the whole clip, first frame counted as it is (the Wan VAE's makes 1 pixel frame, not 4)
         return dec, dec.latent_space, (h, w), dec.flops(case.height, case.width, case.latent_frames), \

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import shown
+from ..errors import FlashdecodeError, shown
 from . import app
 from .common import check_frames, parse_hw, run_guarded
 
@@ -22,7 +22,6 @@ OUTPUT_DTYPES = ("float32", "float16")
 
 
 def choose_frames(available: int, frames: int | None, max_frames: int | None, video, start: int) -> int:
-    from ..errors import FlashdecodeError
     from ..training.video_data import largest_4k1
 
     if max_frames is not None and max_frames < 1:
@@ -41,8 +40,6 @@ def choose_frames(available: int, frames: int | None, max_frames: int | None, vi
 def check_output(path: Path) -> None:
     """Refuse an output that cannot be written, before any frame is encoded: a folder, a path through a file,
     a folder that is not writable."""
-    from ..errors import FlashdecodeError
-
     if path.is_dir():
         raise FlashdecodeError(f"-o {path} is a folder; give a file name like {path / 'latents.safetensors'}")
     existing = next(p for p in (path.parent, *path.parent.parents) if p.exists())
@@ -58,8 +55,6 @@ def write_latents(path: Path, latents, metadata: dict) -> None:
     import numpy as np
     from safetensors import SafetensorError
     from safetensors.torch import save_file
-
-    from ..errors import FlashdecodeError
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -79,8 +74,6 @@ def finite_frames(latent_frames, dtype, teacher: str):
     """Latent frames cast to the output dtype, each checked before it is written: a teacher that makes NaN or Inf
     (corrupt weights, or values past float16's range) is one line, never a file of NaN latents and exit 0."""
     import torch
-
-    from ..errors import FlashdecodeError
 
     for i, z in enumerate(latent_frames):
         z = z.to(dtype)
@@ -128,7 +121,6 @@ def encode(
     import numpy as np
     import torch
 
-    from ..errors import FlashdecodeError
     from ..memory import check_encode_memory
     from ..engine import resolve_device
     from ..training.teachers import load_teacher

@@ -145,8 +145,7 @@ def evaluate_cmd(
     panels = ["ground truth", f"{decoder.name} decoded", *([baseline] if hasattr(tch, "decode") else []),
               f"error heat map (white = {round(HEAT_FULL_SCALE * 255)}/255)"]
     if compare is not None and fps is None:  # the first input's frame rate (16, Wan's, if it has none)
-        videos = list_videos([parse_source(data[0])[0]])
-        fps = (probe(videos[0]).fps if videos else 0) or 16.0
+        fps = probe(list_videos(data[0])[0]).fps or 16.0  # list_videos strips a range, raises when it finds none
     with ComparisonWriter(compare, fps, panels) if compare is not None else nullcontext() as cmp:
         rows = evaluate(decoder, itertools.chain([first], clips), tch, compare=cmp)
     if compare is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import torch
 
-from ..errors import FlashdecodeError, shown
+from ..errors import FlashdecodeError, first_line, shown
 from ..video_io import CONTAINERS, VideoWriter, to_uint8_frames
 
 HEAT_FULL_SCALE = 32 / 255  # white at an error of 32 levels of 255 (1/8 of the range); PSNR ~30 dB is dark red
@@ -61,10 +61,10 @@ class ComparisonWriter:
         """Clips [3, T, H, W] in [-1, 1], on the CPU."""
         for t in range(0, truth.shape[1], CHUNK):
             window = slice(t, t + CHUNK)
-            shown = [truth[:, window], decoded[:, window], *([] if baseline is None else [baseline[:, window]]),
-                     error_heat(decoded[:, window], truth[:, window])]
+            panels = [truth[:, window], decoded[:, window], *([] if baseline is None else [baseline[:, window]]),
+                      error_heat(decoded[:, window], truth[:, window])]
             try:
-                self.writer.write(to_uint8_frames(torch.cat(shown, dim=-1)))
+                self.writer.write(to_uint8_frames(torch.cat(panels, dim=-1)))
             except (OSError, av.error.FFmpegError) as e:  # a full disk; an encoder that refuses the frame size
                 raise self._failed(e) from None
 
@@ -86,7 +86,7 @@ class ComparisonWriter:
         except (OSError, av.error.FFmpegError):
             pass  # the error being reported
         kept = self.writer.frames_written
-        why = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        why = getattr(e, "strerror", None) or first_line(e)
         if isinstance(e, av.error.FFmpegError) and not kept and self.writer.size:
             h, w = self.writer.size
             why += f" (the video is {w}x{h}, {len(self.panels)} panels side by side: pass a smaller --size)"
