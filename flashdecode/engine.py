@@ -210,7 +210,7 @@ class Decoder:
                 B, _, T, h, w = chunk.shape
                 grid = (h // self.config.patch, w // self.config.patch)
                 if not started:
-                    self._start(B, grid, start_index)
+                    self._start(B, grid)
                     started = True
                 elif (B, grid) != (self.model.batch, self.model.grid):
                     raise FlashdecodeError(f"latent frame of batch {B} and grid {h}x{w} in the middle of a video of "
@@ -219,13 +219,13 @@ class Decoder:
                     px = self.model.step(chunk[:, :, t])
                     yield px if native else px.float().clamp_(-1, 1)
 
-    def _start(self, batch: int, grid: tuple[int, int], start_index: int) -> None:
+    def _start(self, batch: int, grid: tuple[int, int]) -> None:
         if self.model.caches is None or (batch, grid) != (self.model.batch, self.model.grid):
             check_memory(self, batch, grid[0] * self.config.patch, grid[1] * self.config.patch)
             self.model.caches = None  # free the old buffers before allocating new ones
-            self.model.setup_caches(batch, *grid, start_index=start_index)
+            self.model.setup_caches(batch, *grid)
         else:
-            self.model.reset(start_index)
+            self.model.reset()
 
     def decode(self, latents: torch.Tensor, raw: bool = False, start_index: int = 0) -> torch.Tensor:
         """[B,C,T,h,w] -> [B,3,1+4(T-1),H,W] through the streaming path."""

@@ -8,6 +8,8 @@ uses; only the accumulation order differs.
 """
 from __future__ import annotations
 
+from functools import cache
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,10 +27,6 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.div(x, scale).clamp_(-E4M3_MAX, E4M3_MAX).to(E4M3), scale  # one float32 temporary
 
 
-# Whether rowwise-scaled fp8 GEMMs run, per device: probed once (a small product), then looked up.
-_SCALED_MM: dict[torch.device, bool] = {}
-
-
 def scaled_mm_works(device) -> bool:
     """Whether rowwise-scaled fp8 GEMMs (with a bf16 bias) run here: a CUDA GPU of compute capability 8.9+ and
     a torch that has them. Tried once per device on a small product (some builds lack the rowwise kernel)."""
@@ -37,11 +35,10 @@ def scaled_mm_works(device) -> bool:
         return False
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if device not in _SCALED_MM:
-        _SCALED_MM[device] = _probe(device)
-    return _SCALED_MM[device]
+    return _probe(device)
 
 
+@cache  # per device: probed once (a small product), then looked up
 def _probe(device: torch.device) -> bool:
     if torch.cuda.get_device_capability(device) < (8, 9):
         return False
@@ -62,10 +59,11 @@ class Fp8Linear(nn.Module):
     (`scaled_mm=None`; True/False force one path). A dtype cast of the module (`.to(torch.bfloat16)`, `.half()`,
     a pipeline's `torch_dtype`) changes the compute dtype, i.e. the bias and the output, and leaves the e4m3
     weight and its float32 scales as they are: casting them would undo the quantization.
-    `fast_accum`: _scaled_mm's use_fast_accum (fp8 tensor cores accumulate in lower precision; faster).
+    `fast_accum`: _scaled_mm's use_fast_accum (fp8 tensor cores accumulate in lower precision; faster), off
+    unless `set_fast_accum` turns it on.
     """
 
-    def __init__(self, linear: nn.Linear, scaled_mm: bool | None = None, fast_accum: bool = False):
+    def __init__(self, linear: nn.Linear, scaled_mm: bool | None = None):
         super().__init__()
         weight, scale = quantize_rows(linear.weight.detach())
         self.register_buffer("weight", weight)
@@ -74,7 +72,7 @@ class Fp8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         # _scaled_mm needs both GEMM dims of the weight to be multiples of 16; other shapes dequantize.
         self.fits = self.in_features % 16 == 0 and self.out_features % 16 == 0
-        self.fast_accum = fast_accum
+        self.fast_accum = False
         self.scaled_mm = self.choose_path() if scaled_mm is None else scaled_mm and self.fits
 
     def choose_path(self) -> bool:
@@ -110,14 +108,13 @@ class Fp8Linear(nn.Module):
                 f"fast_accum={self.fast_accum}")
 
 
-def quantize_linears(model: nn.Module, scaled_mm: bool | None = None, keep: tuple[str, ...] = (),
-                     fast_accum: bool = False) -> nn.Module:
+def quantize_linears(model: nn.Module, keep: tuple[str, ...] = ()) -> nn.Module:
     """Replace every nn.Linear in `model` (in place) by an Fp8Linear, except those named in `keep`.
-    Inference only: no gradients. `scaled_mm` None: each layer picks its GEMM from its weight's device."""
+    Inference only: no gradients. Each layer picks its GEMM from its weight's device."""
     for prefix, module in list(model.named_modules()):
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear) and f"{prefix}.{name}".lstrip(".") not in keep:
-                setattr(module, name, Fp8Linear(child, scaled_mm, fast_accum))
+                setattr(module, name, Fp8Linear(child))
     return model
 
 

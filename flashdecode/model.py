@@ -108,8 +108,10 @@ class KVCache:
 
     def __init__(self, batch: int, kv_heads: int, slots: int, tokens: int, head_dim: int, dtype, device):
         shape = (batch, kv_heads, slots * tokens, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Uninitialized: a video's first frames read only the filled prefix of the buffer (`filled`), so no
+        # row is read before it is written and zero-filling would be dead work.
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
 
     def update(self, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)  # autocast may hand bf16 to a float32 buffer
@@ -264,7 +266,7 @@ class FlashDecoder(nn.Module):
 
     # -- streaming -----------------------------------------------------------------------------------
 
-    def setup_caches(self, batch: int, gh: int, gw: int, dtype=None, device=None, start_index: int = 0):
+    def setup_caches(self, batch: int, gh: int, gw: int, dtype=None, device=None):
         """Preallocate one ring buffer per layer and the RoPE tables for a (batch, grid); start a video."""
         c = self.config
         p = next(self.parameters())
@@ -281,14 +283,14 @@ class FlashDecoder(nn.Module):
         self.k_rope = torch.stack([self.grid_rope(gh, gw, c.window - ages[s], device, dtype) for s in range(slots)])
         self.slot_index = torch.arange(slots * N, device=device).view(slots, N)  # buffer rows of each slot
         self.sub_rope = self.sub_frame_rope(device, dtype)
-        self.reset(start_index)
+        self.reset()
 
-    def reset(self, start_index: int = 0):
-        """Start a new video. `start_index` is the absolute frame index; the output never depends on it.
+    def reset(self):
+        """Start a new video. Positions are relative to the window, so a video's absolute start never matters.
 
         Each video fills the ring from slot 0, so while the window fills the frames seen so far are a prefix
         of the buffer, and that prefix is all a step reads: nothing to clear, and no mask."""
-        self.frame_index, self.frames_seen = start_index, 0
+        self.frames_seen = 0
 
     def step(self, z: torch.Tensor) -> torch.Tensor:
         """One latent frame [B, C, h, w] -> its pixel frames [B, 3, k, H, W] (k = 1 first, then 4)."""
@@ -306,7 +308,6 @@ class FlashDecoder(nn.Module):
             px = frame(z, self.k_rope[slot], self.slot_index[slot], None)
         if self.frames_seen == 0:  # the lone first latent frame makes one pixel frame: the last sub-frame
             px = px[:, :, -1:]
-        self.frame_index += 1
         self.frames_seen += 1
         return px
 

@@ -27,6 +27,22 @@ def require_finite(z: torch.Tensor) -> None:
         raise FlashdecodeError(NOT_FINITE)
 
 
+def copy_on(stream: torch.cuda.Stream, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` sent to `device` on the side `stream`, from pinned memory (pinned here if it is not), `non_blocking`:
+    the copy overlaps whatever the compute stream has queued, and the host does not wait for it."""
+    with torch.cuda.stream(stream):
+        return (t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True)
+
+
+def hand_over(stream: torch.cuda.Stream, tensors, device: torch.device) -> None:
+    """Give `tensors`, copied on `stream` (`copy_on`), to the compute stream of `device`: it waits for the copies
+    on the device (the host does not), and their memory is not reused by `stream` while compute still reads it."""
+    compute = torch.cuda.current_stream(device)
+    compute.wait_stream(stream)
+    for t in tensors:
+        t.record_stream(compute)
+
+
 class Stager:
     """Latent chunks -> the same chunks on `device`, checked for NaN/Inf, with no host sync on CUDA."""
 
@@ -61,12 +77,8 @@ class Stager:
             self._read_verdict()
 
     def _upload(self, z: torch.Tensor) -> torch.Tensor:
-        host = z if z.is_pinned() else z.pin_memory()
-        compute = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self.copies):  # overlaps the frames already queued on the compute stream
-            z = host.to(self.device, non_blocking=True)
-        compute.wait_stream(self.copies)  # the GPU waits for the copy, the host does not
-        z.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+        z = copy_on(self.copies, z, self.device)  # overlaps the frames already queued on the compute stream
+        hand_over(self.copies, (z,), self.device)
         return z
 
     def _check_on_device(self, z: torch.Tensor) -> None:

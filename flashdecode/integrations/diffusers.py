@@ -23,7 +23,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from ..engine import Decoder, build_model, checked_config, load_decoder
+from ..engine import Decoder, build_model, load_decoder
 from ..memory import check_memory
 from ..latent_spaces import get_latent_space, pixel_frames
 from ..math import pick_backend
@@ -56,7 +56,7 @@ class FlashDecoderVAE(ModelMixin, ConfigMixin):
         if decoder is None:  # from_config / from_pretrained: build the network, the weights are loaded after
             config = ModelConfig(**{**model_config, "rope_axes": tuple(model_config["rope_axes"])}) \
                 if model_config else ModelConfig.build("s", latent_space)
-            checked_config(config)  # a config.json with 0 heads is one line, not a decoder of empty layers
+            # build_model refuses a bad config.json (0 heads, say) in one line, before any layer is built
             decoder = Decoder(build_model(config), get_latent_space(latent_space))
         space = decoder.latent_space
         # What WanPipeline reads: always the decoder's own latent space, whatever was passed.

@@ -21,18 +21,26 @@ def _as_batch(x: torch.Tensor) -> torch.Tensor:
     return (x.double() + 1) / 2
 
 
-def psnr(x: torch.Tensor, y: torch.Tensor) -> list[float]:
-    """PSNR in dB of each clip (inf where identical)."""
+def _frame_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mean squared error of each frame of each clip, in float64 on [0, 1]: [B, T]."""
     x, y = _as_batch(x), _as_batch(y)
-    mse = (x - y).square().flatten(1).mean(1)
-    return [math.inf if m == 0 else 10 * math.log10(1 / m) for m in mse.tolist()]
+    return (x - y).square().mean(dim=(1, 3, 4))
+
+
+def _db(mse: float) -> float:
+    """PSNR in dB for a data range of 1 (inf where identical)."""
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """PSNR in dB of each clip (inf where identical). Its frames are one size, so the mean of their MSEs is the
+    MSE pooled over the clip."""
+    return [_db(m) for m in _frame_mse(x, y).mean(1).tolist()]
 
 
 def psnr_per_frame(x: torch.Tensor, y: torch.Tensor) -> list[list[float]]:
     """PSNR in dB of each frame of each clip (inf where identical): what a per-frame chart plots."""
-    x, y = _as_batch(x), _as_batch(y)
-    mse = (x - y).square().mean(dim=(1, 3, 4))  # [B, T]
-    return [[math.inf if m == 0 else 10 * math.log10(1 / m) for m in clip] for clip in mse.tolist()]
+    return [[_db(m) for m in clip] for clip in _frame_mse(x, y).tolist()]
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:

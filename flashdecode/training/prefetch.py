@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 import torch
 
+from ..staging import copy_on, hand_over
+
 
 def to_device_ahead(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
     """Yield each batch (a tuple of tensors) on `device`; on CUDA, batch k+1 is already being copied when batch
@@ -24,18 +26,14 @@ def to_device_ahead(batches: Iterable[tuple[torch.Tensor, ...]], device: torch.d
     copy_stream = torch.cuda.Stream(device)
 
     def stage(batch):
-        with torch.cuda.stream(copy_stream):
-            return tuple((t if t.is_pinned() else t.pin_memory()).to(device, non_blocking=True) for t in batch)
+        return tuple(copy_on(copy_stream, t, device) for t in batch)
 
     it = iter(batches)
     ahead = next(it, None)
     ahead = None if ahead is None else stage(ahead)
     while ahead is not None:
-        current = torch.cuda.current_stream(device)
-        current.wait_stream(copy_stream)  # on the device: the compute stream waits for the copy, the host does not
         batch = ahead
-        for t in batch:
-            t.record_stream(current)  # its memory is not reused by the copy stream while the step still reads it
+        hand_over(copy_stream, batch, device)  # the step waits for its copy on the device, the host does not
         nxt = next(it, None)
         ahead = None if nxt is None else stage(nxt)
         yield batch

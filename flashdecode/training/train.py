@@ -434,13 +434,16 @@ def train(cfg: TrainConfig, console=None) -> Path:
     train_log: list[tuple[int, float, float]] = []
     window_start, window_steps, steps_done, timed = time.time(), 0, 0, 0.0
     batches = to_device_ahead(epochs(loader, sampler), device)  # pinned, non_blocking, one step ahead
-    checked = cfg.sync_debug
+
+    def done() -> bool:
+        return step >= cfg.steps or bool(cfg.minutes and time.time() - start > 60 * cfg.minutes)
+
     ema_updates = int(ema.n_averaged)  # a CPU counter, read here once: update_ema's first update copies
-    last = cfg.steps <= step or bool(cfg.minutes and time.time() - start > 60 * cfg.minutes)
+    last = done()
     while not last:
         # Nothing in here waits for the device (sync_debug: any wait raises), except on the first step of a run,
         # where the fused optimizer creates its state.
-        with host_syncs_forbidden(checked and steps_done > 0, device):
+        with host_syncs_forbidden(cfg.sync_debug and steps_done > 0, device):
             pixels, latents = next(batches)
             pixels = from_uint8(pixels)
             loss, pred = loss_fn(latents, pixels)
@@ -457,7 +460,7 @@ def train(cfg: TrainConfig, console=None) -> Path:
         step += 1
         window_steps += 1
         steps_done += 1
-        last = step >= cfg.steps or bool(cfg.minutes and time.time() - start > 60 * cfg.minutes)
+        last = done()
         if step % cfg.log_every == 0 or last:
             l, p, n = sums.tolist()  # the one host sync per log line
             sums.zero_()
