@@ -14,6 +14,7 @@ gloo: a few hundred bytes each, no GPU collective needed) and rank 0 prints the 
 """
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import stat
@@ -191,13 +192,13 @@ def gather(results: list[dict], world: int) -> list[dict]:
 
 # -- the run ----------------------------------------------------------------------------------------------
 
-def _latent_space_of(path: Path, latent_space: str, model, weights, key, layout) -> str:
+def _latent_space_of(path: Path, latent_space: str, weights_meta: dict, key, layout) -> str:
     """The latent space of one file, as decode_file will resolve it (to pick or load its decoder)."""
     from .latents_io import open_latents
-    from .pipeline import resolve_latent_space, weights_metadata
+    from .pipeline import resolve_latent_space
 
     latents = open_latents(path, key=key, layout=layout, check=False)
-    return resolve_latent_space(latent_space, latents, weights_metadata(model, weights))
+    return resolve_latent_space(latent_space, latents, weights_meta)
 
 
 def decode_files(inputs: list[str], output: str | None = None, *, model=None, weights=None, latent_space="auto",
@@ -213,7 +214,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     from .engine import load_decoder
     from .engine import resolve_device
     from .outputs import check_distinct, check_names
-    from .pipeline import RANDOM_WEIGHTS_NOTE, check_json_path, decode_file, output_names
+    from .pipeline import RANDOM_WEIGHTS_NOTE, check_json_path, decode_file, output_names, weights_metadata
     from .video_io import CONTAINERS, written_paths
     from .progress import DecodeProgress
     from .signals import stop_status
@@ -238,9 +239,9 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     outdir = check_outdir(output, create=False)
     sizes = batch_sizes(files, key, layout, decode_kw.get("batch_index"))
     outputs = plan_outputs(files, outdir, suffix, sizes)
+    names = [output_names(str(out), list(range(n))) for out, n in zip(outputs, sizes)]  # each file's videos
     check_distinct(reads=[*(("input", f) for f in files), ("--weights", weights if weights != "random" else None)],
-                   writes=[*(("output", p) for f, out, n in zip(files, outputs, sizes)
-                             for o in output_names(str(out), list(range(n))) for p in written_paths(o)),
+                   writes=[*(("output", p) for file_names in names for o in file_names for p in written_paths(o)),
                            ("--json", json_path)])
     check_outdir(output)  # created once nothing is left to refuse
     rank, world, local_rank = distributed()
@@ -248,6 +249,8 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
     mine = list(range(rank, len(files), world))  # every world-th file: each output written by exactly one rank
 
     decoders: dict = {}  # one per latent space met on this rank, loaded on first use
+    # The checkpoint's header, read once; not cached if it fails, so each file still fails on its own turn
+    weights_meta = functools.cache(lambda: weights_metadata(model, weights))
     display = DecodeProgress(dev, quiet=quiet or rank != 0)  # one view: rank 0's files, total over ranks at the end
     results, start, status = [], time.perf_counter(), "ok"
     started = time.time()  # what other ranks wrote since then is this run's (a stopped run's summary reads the disk)
@@ -262,7 +265,7 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
                 seen[:] = latent_frames, pixel_frames
 
             try:
-                space = _latent_space_of(files[i], latent_space, model, weights, key, layout)
+                space = _latent_space_of(files[i], latent_space, weights_meta(), key, layout)
                 if space not in decoders:
                     variant = model or ("s" if weights == "random" else None)
                     load_kw = {"compile": compile} if compile is not None else {}
@@ -290,12 +293,12 @@ def decode_files(inputs: list[str], output: str | None = None, *, model=None, we
         done = f" ({len(results)} file{'s' * (len(results) != 1)})"
         stats = display.finish(f"rank {rank}: decoded" if world > 1 else "decoded", done)
         if status != "ok" and rank == 0:  # no gather: the other ranks are being stopped too; read what they wrote
-            others = on_disk(files, outputs, sizes, rank, world, {r["index"] for r in results}, started)
+            others = on_disk(files, names, rank, world, {r["index"] for r in results}, started)
             _write_summary(json_path, _summary(results + others, files, world, time.perf_counter() - start, status))
     try:
         everything = gather(results, world)
     except Exception as e:  # a rank died (kill -9, out of memory): the others report what is on disk
-        everything = results + on_disk(files, outputs, sizes, rank, world, {r["index"] for r in results}, started)
+        everything = results + on_disk(files, names, rank, world, {r["index"] for r in results}, started)
         summary = _summary(everything, files, world, time.perf_counter() - start, "error")
         if rank == 0:
             _write_summary(json_path, summary)
@@ -340,24 +343,23 @@ def sorted_summary(summary: dict) -> dict:
 WAIT_FOR_RANKS = 10.0  # seconds a stopped rank 0 waits for the others to flush the files they hold
 
 
-def on_disk(files: list[Path], outputs: list[Path], sizes: list[int], rank: int, world: int, known: set[int],
+def on_disk(files: list[Path], names: list[list[str]], rank: int, world: int, known: set[int],
             started: float) -> list[dict]:
     """Per-file entries for the files this rank has no summary of (other ranks'), read from the disk: each
     output this run wrote (its lock released: flushed; modified since `started`) with the frames a reader finds."""
     from .outputs import is_locked
-    from .pipeline import output_names
     from .video_io import count_video_frames, output_kind, png_frames, png_target
 
     deadline = time.monotonic() + WAIT_FOR_RANKS
     found = []
-    for i, (f, out, n) in enumerate(zip(files, outputs, sizes)):
+    for i, (f, file_names) in enumerate(zip(files, names)):
         if i in known:
             continue
-        names = output_names(str(out), list(range(n)))
-        while any(is_locked(Path(o)) for o in names) and time.monotonic() < deadline:
+        n = len(file_names)
+        while any(is_locked(Path(o)) for o in file_names) and time.monotonic() < deadline:
             time.sleep(0.1)  # its rank is flushing it
         held, frames = [], []
-        for o in names:
+        for o in file_names:
             try:
                 if output_kind(o) == "png":
                     folder, pattern = png_target(o)

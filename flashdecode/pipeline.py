@@ -248,8 +248,8 @@ def decode_file(input, output=None, *, model=None, weights=None, latent_space="a
                                    f"{decoder.latent_space.name}; decode files of one latent space together")
         check_memory(decoder, len(items), h, w)
         H, W = scaled_size(*decoder.pixel_size(h, w), scale)  # what the writers get
-        for writer in writers:
-            writer.check_frame_size(H, W)
+        # One probe for all: every output of a batch is named from one --output, so one suffix, codec, crf, preset
+        writers[0].check_frame_size(H, W)
         stack.pop_all()
 
     chunks = latents.chunks

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import FlashdecodeError
-from .mp4 import _Fragments, complete_fragments_size, mp4_finished
+from .mp4 import _Fragments, complete_fragments_size, mp4_finished  # noqa: F401 (complete_fragments_size: re-exported)
 from .outputs import OutputLock
 
 CONTAINERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
@@ -717,12 +717,14 @@ class VideoWriter:
 
     def _salvage(self, path: Path) -> None:
         """Keep the complete fragments of a file cut short by a full disk; remove it if none is playable."""
+        fragments = getattr(self.sink, "fragments", None)
         try:
-            if path.suffix.lower() in (".mp4", ".mov"):
-                good = complete_fragments_size(path)
-                if good < os.path.getsize(path):
-                    os.truncate(path, good)
-            self.frames_written = min(self.frames_written, count_video_frames(path))
+            if fragments is not None:  # MP4/MOV: every byte passed through it, so it knows what is whole on disk
+                if fragments.start + fragments.whole_bytes < os.path.getsize(path):
+                    os.truncate(path, fragments.start + fragments.whole_bytes)  # by path: close() shut its file
+                self.frames_written = min(self.frames_written, fragments.whole_frames)
+            else:
+                self.frames_written = min(self.frames_written, count_video_frames(path))
         except OSError:
             self.frames_written = 0
         if self.frames_written == 0 and path not in self._created:
