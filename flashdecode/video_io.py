@@ -29,7 +29,7 @@ import torch
 
 from .errors import FlashdecodeError
 from .mp4 import _Fragments, complete_fragments_size, mp4_finished  # noqa: F401 (complete_fragments_size: re-exported)
-from .outputs import OutputLock
+from .outputs import OutputLock, identity, lock_path
 
 CONTAINERS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9"}
 # Animated previews, encoder by extension. libwebp (not libwebp_anim, which holds the whole animation until
@@ -109,11 +109,6 @@ def png_target(output: str) -> tuple[Path, str]:
     return path, "%05d.png"
 
 
-def png_folder(output: str) -> str:
-    """The path an output writes: its folder for a PNG sequence, else the output itself."""
-    return str(png_target(output)[0]) if output != "-" and output_kind(output) == "png" else output
-
-
 def batch_output_name(output: str, index: int) -> str:
     """out.mp4 -> out_b0.mp4; frames/ -> frames_b0/; frames/%05d.png -> frames_b0/%05d.png."""
     path = Path(output)
@@ -183,11 +178,9 @@ def png_frames(folder: Path, pattern: str) -> list[Path]:
 def written_paths(output: str) -> list[str]:
     """What an output writes, for checking it against other paths: the file, or a PNG sequence's folder; and the
     lock's sidecar beside it (flashdecode.outputs)."""
-    from .outputs import lock_path
-
     if output == "-":
         return [output]
-    folder = png_folder(output)
+    folder = str(png_target(output)[0]) if output_kind(output) == "png" else output
     return [folder, str(lock_path(Path(folder)))]
 
 
@@ -196,7 +189,7 @@ def is_png_frame_of(path: Path, output: str) -> bool:
     if output == "-" or output_kind(output) != "png":
         return False
     folder, pattern = png_target(output)
-    same_folder = os.path.realpath(path.parent) == os.path.realpath(folder)
+    same_folder = identity(path.parent) == identity(folder)
     return same_folder and bool(png_name_regex(pattern).fullmatch(path.name))
 
 
